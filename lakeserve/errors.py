@@ -1,0 +1,80 @@
+"""The one error root of lakeserve and its small hierarchy.
+
+Third-party exceptions are wrapped where they enter (``raise ComponentError(...) from exc``),
+so callers catch :class:`LakeserveError` and nothing else. A :class:`ScoringError` carries the
+HTTP-style status and the error code that users of MLflow scoring servers and Databricks Model
+Serving know; the transports (Kafka, HTTP) translate it at the edge and nowhere else.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class LakeserveError(Exception):
+    """Root of every error lakeserve raises on purpose."""
+
+
+class ConfigError(LakeserveError):
+    """A setting is missing or breaks a rule; the message names the field."""
+
+
+class ComponentError(LakeserveError):
+    """A real component (Kafka, Spark, MLflow, Feast, Delta, Java, Maven) failed to start or answer."""
+
+    def __init__(self, component: str, message: str) -> None:
+        super().__init__(f"{component}: {message}")
+        self.component = component
+
+
+class ScoringError(LakeserveError):
+    """A request or record that cannot be scored; becomes an error result, never a crash."""
+
+    status_code: ClassVar[int] = 500
+    error_code: ClassVar[str] = "INTERNAL_ERROR"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BadRequest(ScoringError):
+    """The body is not a valid scoring request (bad JSON, unknown format, wrong shape)."""
+
+    status_code = 400
+    error_code = "BAD_REQUEST"
+
+
+class InvalidInput(ScoringError):
+    """The body parsed, but a value breaks the model signature or a rule (e.g. non-finite)."""
+
+    status_code = 400
+    error_code = "INVALID_PARAMETER_VALUE"
+
+
+class NotFound(ScoringError):
+    """An endpoint, served entity or entity key that does not exist."""
+
+    status_code = 404
+    error_code = "RESOURCE_DOES_NOT_EXIST"
+
+
+class PayloadTooLarge(ScoringError):
+    """The request is over the size cap (16 MB by default)."""
+
+    status_code = 413
+    error_code = "MAX_REQUEST_SIZE_EXCEEDED"
+
+
+class ModelError(ScoringError):
+    """The model raised while predicting."""
+
+    status_code = 500
+    error_code = "MODEL_ERROR"
+
+
+class ScoringTimeout(ScoringError):
+    """The record was not scored within its deadline."""
+
+    status_code = 504
+    error_code = "TIMEOUT"
