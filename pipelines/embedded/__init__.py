@@ -1,0 +1,1 @@
+"""Launchers for the real components lakeserve runs on loopback: Kafka, MLflow UI, Redis."""

@@ -1,0 +1,117 @@
+"""The main job on the embedded defaults: stack up, demo data, models, features, a summary.
+
+``lakeserve demo`` runs it. Every step is idempotent, so a second run reuses what the first
+left (jars, topics, registered models) and needs no cleaning by hand.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from lakeserve.features import demo_repo
+from lakeserve.features.store import apply_definitions, feature_store
+from lakeserve.jobs import demo_data, demo_models
+from lakeserve.pipelines.embedded.stack import Stack
+from lakeserve.pipelines.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DemoReport:
+    started: list[str] = field(default_factory=list)
+    data_dir: Path | None = None
+    customers: int = 0
+    transactions: int = 0
+    fraud_rate: float = 0.0
+    models: list[demo_models.RegisteredModel] = field(default_factory=list)
+    online_check: dict[int, dict[str, object]] = field(default_factory=dict)
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+
+def run_demo(settings: Settings, *, keep_up: bool = False) -> DemoReport:
+    """Run every step; stops the components it started unless ``keep_up``."""
+    report = DemoReport()
+    stack = Stack(settings)
+    with _step(report, "stack up"):
+        report.started = stack.up()
+    try:
+        prepare_assets(settings, report)
+    finally:
+        if not keep_up:
+            stack.down()
+    return report
+
+
+def prepare_assets(settings: Settings, report: DemoReport | None = None) -> DemoReport:
+    """Data, feature registration and materialization, models: what the service needs to run."""
+    report = report or DemoReport()
+    data_dir = settings.stack.state_dir / "demo"
+    with _step(report, "data"):
+        data = _data(data_dir)
+    report.data_dir, report.customers, report.transactions = data_dir, len(data.customers), len(data.transactions)
+    report.fraud_rate = float(data.transactions[demo_data.LABEL].mean())
+    store = feature_store(settings.feast)
+    with _step(report, "features"):
+        apply_definitions(store, demo_repo.definitions(data_dir / "customers.parquet"))
+        store.materialize_incremental(end_date=datetime.now(UTC))
+    with _step(report, "models"):
+        report.models = demo_models.ensure_models(store, data.transactions, settings.mlflow)
+    report.online_check = _online_check(store, [1, 2, 3])
+    return report
+
+
+def _data(folder: Path) -> demo_data.DemoData:
+    """Generate once; later runs read the files back so features and models stay consistent."""
+    import pandas as pd
+
+    customers, transactions = folder / "customers.parquet", folder / "transactions.parquet"
+    if customers.exists() and transactions.exists():
+        return demo_data.DemoData(pd.read_parquet(customers), pd.read_parquet(transactions))
+    data = demo_data.generate()
+    data.write(folder)
+    return data
+
+
+def _online_check(store: object, keys: list[int]) -> dict[int, dict[str, object]]:
+    from feast import FeatureStore
+
+    assert isinstance(store, FeatureStore)
+    rows = store.get_online_features(
+        features=store.get_feature_service(demo_repo.SERVICE_V2),
+        entity_rows=[{demo_repo.ENTITY_KEY: k} for k in keys],
+    ).to_dict()
+    return {k: {f: rows[f][i] for f in demo_repo.V2_FEATURES} for i, k in enumerate(keys)}
+
+
+class _step:
+    def __init__(self, report: DemoReport, name: str) -> None:
+        self.report, self.name = report, name
+
+    def __enter__(self) -> None:
+        log.info("demo: %s ...", self.name)
+        self.start = time.monotonic()
+
+    def __exit__(self, *exc: object) -> None:
+        self.report.timings_s[self.name] = round(time.monotonic() - self.start, 1)
+
+
+def format_report(report: DemoReport, settings: Settings) -> str:
+    lines = ["lakeserve demo", "=============="]
+    lines.append(f"stack: kafka {settings.kafka.bootstrap_servers[0]} (started: {', '.join(report.started) or 'none'})")
+    lines.append(f"mlflow: {settings.mlflow.tracking_uri}")
+    lines.append(f"feast: project {settings.feast.project}, {settings.feast.online_store} online store "
+                 f"at {settings.feast.repo_path}")
+    lines.append(f"data: {report.customers} customers, {report.transactions} transactions "
+                 f"({report.fraud_rate:.1%} fraud) in {report.data_dir}")
+    for m in report.models:
+        auc = f", test AUC {m.auc:.3f}" if m.auc is not None else " (already registered)"
+        lines.append(f"model: {demo_models.MODEL_NAME} v{m.version} @{m.alias} on {m.feature_service}{auc}")
+    for key, values in report.online_check.items():
+        lines.append(f"online features customer_id={key}: {values}")
+    lines.append("timings (s): " + ", ".join(f"{k} {v}" for k, v in report.timings_s.items()))
+    return "\n".join(lines)

@@ -1,0 +1,127 @@
+"""The ``lakeserve`` command line: loads the settings once and hands them to the commands.
+
+Every command has ``--help``. Errors of lakeserve (bad config, a component that will not start)
+print one clear message and exit 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from lakeserve.errors import LakeserveError
+from lakeserve.pipelines.settings import Settings, load_settings
+
+Handler = Callable[[Settings, argparse.Namespace], int]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not hasattr(args, "handler"):
+        parser.print_help()
+        return 2
+    try:
+        settings = load_settings(args.config)
+        code: int = args.handler(settings, args)
+        return code
+    except LakeserveError as exc:
+        print(f"lakeserve: {exc}", file=sys.stderr)
+        return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lakeserve", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--config", type=Path, default=None,
+                        help="settings YAML (default: $LAKESERVE_CONFIG, else ./lakeserve.yaml if present)")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+    _add(sub, "up", _up, "start the embedded stack (Kafka, MLflow UI, Redis if configured); Ctrl-C stops it",
+         [(["--detach"], {"action": "store_true", "help": "start and return instead of waiting for Ctrl-C"})])
+    _add(sub, "down", _down, "stop the embedded stack started from this state folder")
+    _add(sub, "status", _status, "show which embedded components run, with pids and addresses")
+    _add(sub, "demo", _demo, "the main job: stack up, demo data, models, features, and a summary",
+         [(["--keep-up"], {"action": "store_true", "help": "leave the stack running afterwards"})])
+    config = sub.add_parser("config", help="inspect settings").add_subparsers(title="config commands",
+                                                                             metavar="COMMAND")
+    _add(config, "show", _config_show, "print the resolved settings tree (secrets masked)")
+    return parser
+
+
+def _add(sub: Any, name: str, handler: Handler, help_text: str,
+         options: list[tuple[list[str], dict[str, Any]]] | None = None) -> argparse.ArgumentParser:
+    cmd: argparse.ArgumentParser = sub.add_parser(name, help=help_text, description=help_text)
+    for flags, kwargs in options or []:
+        cmd.add_argument(*flags, **kwargs)
+    cmd.set_defaults(handler=handler)
+    return cmd
+
+
+def _up(settings: Settings, args: argparse.Namespace) -> int:
+    from lakeserve.pipelines.embedded.stack import Stack
+
+    stack = Stack(settings)
+    stack.up()
+    _print_status(stack)
+    if args.detach:
+        return 0
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    print("lakeserve: stack is up; Ctrl-C (or `lakeserve down`) stops it", flush=True)
+    try:
+        while not stop.wait(1.0):
+            if not any(s.pid for s in stack.status()):
+                print("lakeserve: every component has stopped", flush=True)
+                return 0
+    except KeyboardInterrupt:
+        pass
+    stopped = stack.down()
+    print(f"lakeserve: stopped {', '.join(stopped) or 'nothing'}", flush=True)
+    return 0
+
+
+def _down(settings: Settings, args: argparse.Namespace) -> int:
+    from lakeserve.pipelines.embedded.stack import Stack
+
+    stopped = Stack(settings).down()
+    print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
+    return 0
+
+
+def _status(settings: Settings, args: argparse.Namespace) -> int:
+    from lakeserve.pipelines.embedded.stack import Stack
+
+    _print_status(Stack(settings))
+    return 0
+
+
+def _print_status(stack: Any) -> None:
+    for s in stack.status():
+        state = f"running (pid {s.pid})" if s.pid else "stopped"
+        print(f"{s.name:<10} {state:<22} {s.address}")
+
+
+def _demo(settings: Settings, args: argparse.Namespace) -> int:
+    from lakeserve.jobs.demo import format_report, run_demo
+
+    report = run_demo(settings, keep_up=args.keep_up)
+    print(format_report(report, settings))
+    return 0
+
+
+def _config_show(settings: Settings, args: argparse.Namespace) -> int:
+    print(settings.model_dump_json(indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
