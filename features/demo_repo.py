@@ -24,10 +24,13 @@ def definitions(customers_parquet: Path) -> list[Any]:
     from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
     from feast.types import Float64, Int64, String
 
-    customer = Entity(name="customer", join_keys=[ENTITY_KEY], value_type=ValueType.INT64,
-                      description="a card holder")
-    source = FileSource(name="customer_stats_source", path=str(customers_parquet),
-                        timestamp_field="event_timestamp", created_timestamp_column="created")
+    customer = Entity(name="customer", join_keys=[ENTITY_KEY], value_type=ValueType.INT64, description="a card holder")
+    source = FileSource(
+        name="customer_stats_source",
+        path=str(customers_parquet),
+        timestamp_field="event_timestamp",
+        created_timestamp_column="created",
+    )
     view = FeatureView(
         name=FEATURE_VIEW,
         entities=[customer],

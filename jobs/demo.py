@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -88,26 +90,28 @@ def _online_check(store: object, keys: list[int]) -> dict[int, dict[str, object]
     return {k: {f: rows[f][i] for f in demo_repo.V2_FEATURES} for i, k in enumerate(keys)}
 
 
-class _step:
-    def __init__(self, report: DemoReport, name: str) -> None:
-        self.report, self.name = report, name
-
-    def __enter__(self) -> None:
-        log.info("demo: %s ...", self.name)
-        self.start = time.monotonic()
-
-    def __exit__(self, *exc: object) -> None:
-        self.report.timings_s[self.name] = round(time.monotonic() - self.start, 1)
+@contextmanager
+def _step(report: DemoReport, name: str) -> Iterator[None]:
+    log.info("demo: %s ...", name)
+    start = time.monotonic()
+    try:
+        yield
+    finally:
+        report.timings_s[name] = round(time.monotonic() - start, 1)
 
 
 def format_report(report: DemoReport, settings: Settings) -> str:
     lines = ["lakeserve demo", "=============="]
     lines.append(f"stack: kafka {settings.kafka.bootstrap_servers[0]} (started: {', '.join(report.started) or 'none'})")
     lines.append(f"mlflow: {settings.mlflow.tracking_uri}")
-    lines.append(f"feast: project {settings.feast.project}, {settings.feast.online_store} online store "
-                 f"at {settings.feast.repo_path}")
-    lines.append(f"data: {report.customers} customers, {report.transactions} transactions "
-                 f"({report.fraud_rate:.1%} fraud) in {report.data_dir}")
+    lines.append(
+        f"feast: project {settings.feast.project}, {settings.feast.online_store} online store "
+        f"at {settings.feast.repo_path}"
+    )
+    lines.append(
+        f"data: {report.customers} customers, {report.transactions} transactions "
+        f"({report.fraud_rate:.1%} fraud) in {report.data_dir}"
+    )
     for m in report.models:
         auc = f", test AUC {m.auc:.3f}" if m.auc is not None else " (already registered)"
         lines.append(f"model: {demo_models.MODEL_NAME} v{m.version} @{m.alias} on {m.feature_service}{auc}")

@@ -38,8 +38,9 @@ class DemoData:
         return customers, transactions
 
 
-def generate(n_customers: int = 2000, n_transactions: int = 20_000, seed: int = 7,
-             now: datetime | None = None) -> DemoData:
+def generate(
+    n_customers: int = 2000, n_transactions: int = 20_000, seed: int = 7, now: datetime | None = None
+) -> DemoData:
     """Customers with a feature snapshot 60 days ago, and transactions in the 30 days before ``now``."""
     rng = np.random.default_rng(seed)
     now = (now or datetime.now(UTC)).replace(microsecond=0)
@@ -49,30 +50,34 @@ def generate(n_customers: int = 2000, n_transactions: int = 20_000, seed: int = 
 
 
 def _customers(rng: np.random.Generator, n: int, snapshot: datetime) -> pd.DataFrame:
-    return pd.DataFrame({
-        "customer_id": np.arange(1, n + 1, dtype="int64"),
-        "customer_age": rng.integers(18, 90, n).astype("int64"),
-        "account_age_days": rng.integers(1, 4000, n).astype("int64"),
-        "avg_amount_30d": np.round(rng.lognormal(3.6, 0.6, n), 2),
-        "txn_count_7d": rng.poisson(9, n).astype("int64"),
-        "chargeback_rate": np.round(rng.beta(1, 60, n), 4),
-        "home_country": rng.choice(COUNTRIES, n, p=[0.4, 0.15, 0.15, 0.1, 0.1, 0.1]),
-        "event_timestamp": pd.Timestamp(snapshot),
-        "created": pd.Timestamp(snapshot),
-    })
+    return pd.DataFrame(
+        {
+            "customer_id": np.arange(1, n + 1, dtype="int64"),
+            "customer_age": rng.integers(18, 90, n).astype("int64"),
+            "account_age_days": rng.integers(1, 4000, n).astype("int64"),
+            "avg_amount_30d": np.round(rng.lognormal(3.6, 0.6, n), 2),
+            "txn_count_7d": rng.poisson(9, n).astype("int64"),
+            "chargeback_rate": np.round(rng.beta(1, 60, n), 4),
+            "home_country": rng.choice(COUNTRIES, n, p=[0.4, 0.15, 0.15, 0.1, 0.1, 0.1]),
+            "event_timestamp": pd.Timestamp(snapshot),
+            "created": pd.Timestamp(snapshot),
+        }
+    )
 
 
 def _transactions(rng: np.random.Generator, customers: pd.DataFrame, n: int, now: datetime) -> pd.DataFrame:
     who = customers.iloc[rng.integers(0, len(customers), n)].reset_index(drop=True)
     merchant = rng.choice(MERCHANTS, n, p=[0.3, 0.15, 0.2, 0.1, 0.15, 0.1])
-    frame = pd.DataFrame({
-        "customer_id": who["customer_id"].to_numpy(),
-        "amount": np.round(who["avg_amount_30d"].to_numpy() * rng.lognormal(0.0, 0.8, n), 2),
-        "merchant_category": merchant,
-        "hour_of_day": rng.integers(0, 24, n).astype("int64"),
-        "is_online": rng.integers(0, 2, n).astype("int64"),
-        "event_timestamp": pd.Timestamp(now) - pd.to_timedelta(rng.uniform(0, 30 * 86400, n), unit="s"),
-    })
+    frame = pd.DataFrame(
+        {
+            "customer_id": who["customer_id"].to_numpy(),
+            "amount": np.round(who["avg_amount_30d"].to_numpy() * rng.lognormal(0.0, 0.8, n), 2),
+            "merchant_category": merchant,
+            "hour_of_day": rng.integers(0, 24, n).astype("int64"),
+            "is_online": rng.integers(0, 2, n).astype("int64"),
+            "event_timestamp": pd.Timestamp(now) - pd.to_timedelta(rng.uniform(0, 30 * 86400, n), unit="s"),
+        }
+    )
     frame[LABEL] = (rng.uniform(0, 1, n) < fraud_probability(frame, who)).astype("int64")
     return frame
 
@@ -82,8 +87,14 @@ def fraud_probability(tx: pd.DataFrame, customer: pd.DataFrame) -> np.ndarray:
     night hours, past chargebacks and young accounts raise the odds."""
     ratio = np.log(tx["amount"].to_numpy() / customer["avg_amount_30d"].to_numpy())
     risky = np.isin(tx["merchant_category"].to_numpy(), ["electronics", "gaming"]) & (tx["is_online"] == 1)
-    logit = (-4.2 + 1.3 * ratio + 1.6 * risky + 0.9 * (tx["hour_of_day"].to_numpy() < 5)
-             + 25.0 * customer["chargeback_rate"].to_numpy() - 0.0004 * customer["account_age_days"].to_numpy())
+    logit = (
+        -4.2
+        + 1.3 * ratio
+        + 1.6 * risky
+        + 0.9 * (tx["hour_of_day"].to_numpy() < 5)
+        + 25.0 * customer["chargeback_rate"].to_numpy()
+        - 0.0004 * customer["account_age_days"].to_numpy()
+    )
     return np.asarray(1.0 / (1.0 + np.exp(-logit)))
 
 
@@ -93,12 +104,15 @@ def request_bodies(customers: pd.DataFrame, n: int, seed: int = 11, records_per_
     bodies = []
     for i in range(n):
         rows = customers.iloc[rng.integers(0, len(customers), records_per_request)]
-        records = [{
-            "customer_id": int(c.customer_id),
-            "amount": round(float(c.avg_amount_30d * rng.lognormal(0.0, 0.8)), 2),
-            "merchant_category": str(rng.choice(MERCHANTS)),
-            "hour_of_day": int(rng.integers(0, 24)),
-            "is_online": int(rng.integers(0, 2)),
-        } for c in rows.itertuples()]
+        records = [
+            {
+                "customer_id": int(c.customer_id),
+                "amount": round(float(c.avg_amount_30d * rng.lognormal(0.0, 0.8)), 2),
+                "merchant_category": str(rng.choice(MERCHANTS)),
+                "hour_of_day": int(rng.integers(0, 24)),
+                "is_online": int(rng.integers(0, 2)),
+            }
+            for c in rows.itertuples()
+        ]
         bodies.append(json.dumps({"dataframe_records": records, "client_request_id": f"demo-{i}"}).encode())
     return bodies

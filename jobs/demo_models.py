@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
+from mlflow.pyfunc.model import PythonModel
 
 from lakeserve.errors import ComponentError
 from lakeserve.features import demo_repo
@@ -27,13 +28,7 @@ MODEL_NAME = "card_fraud"
 NUMERIC_REQUEST = ["amount", "hour_of_day", "is_online"]
 CATEGORICAL_REQUEST = ["merchant_category"]
 
-try:  # the pyfunc wrapper needs mlflow at class-definition time
-    from mlflow.pyfunc import PythonModel
-except ImportError:  # pragma: no cover - mlflow is a hard dependency
-    PythonModel = object
-
-
-class FraudClassifier(PythonModel):  # type: ignore[misc,valid-type]
+class FraudClassifier(PythonModel):
     """A fitted sklearn pipeline answering ``prediction`` (0/1) and ``probability`` of fraud."""
 
     def __init__(self, pipeline: Any) -> None:
@@ -66,8 +61,9 @@ SPECS = [
 ]
 
 
-def ensure_models(store: FeatureStore, transactions: pd.DataFrame, mlflow: MlflowSettings,
-                  *, retrain: bool = False) -> list[RegisteredModel]:
+def ensure_models(
+    store: FeatureStore, transactions: pd.DataFrame, mlflow: MlflowSettings, *, retrain: bool = False
+) -> list[RegisteredModel]:
     """Both aliases registered; trains only what is missing (or everything with ``retrain``)."""
     client = _client(mlflow)
     out = []
@@ -88,8 +84,9 @@ def training_frame(store: FeatureStore, transactions: pd.DataFrame, feature_serv
     return job.to_df().dropna().reset_index(drop=True)
 
 
-def _train_and_register(client: MlflowClient, store: FeatureStore, transactions: pd.DataFrame,
-                        mlflow_settings: MlflowSettings, spec: _Spec) -> RegisteredModel:
+def _train_and_register(
+    client: MlflowClient, store: FeatureStore, transactions: pd.DataFrame, mlflow_settings: MlflowSettings, spec: _Spec
+) -> RegisteredModel:
     import mlflow
     from mlflow.models import infer_signature
     from sklearn.metrics import roc_auc_score
@@ -98,7 +95,8 @@ def _train_and_register(client: MlflowClient, store: FeatureStore, transactions:
     frame = training_frame(store, transactions, spec.feature_service)
     columns = [*REQUEST_FIELDS[1:], *spec.features]
     x_train, x_test, y_train, y_test = train_test_split(
-        frame[columns], frame[LABEL], test_size=0.25, random_state=3, stratify=frame[LABEL])
+        frame[columns], frame[LABEL], test_size=0.25, random_state=3, stratify=frame[LABEL]
+    )
     pipeline = _pipeline(spec, x_train).fit(x_train, y_train)
     auc = float(roc_auc_score(y_test, pipeline.predict_proba(x_test)[:, 1]))
     model = FraudClassifier(pipeline)
@@ -108,10 +106,11 @@ def _train_and_register(client: MlflowClient, store: FeatureStore, transactions:
         mlflow.log_params({"estimator": spec.estimator, "feature_service": spec.feature_service})
         mlflow.log_metric("test_auc", auc)
         info = mlflow.pyfunc.log_model(
-            name="model", python_model=model, signature=signature,
+            name="model",
+            python_model=model,
+            signature=signature,
             input_example=x_train.head(3),
-            metadata={"lakeserve": {"feature_service": spec.feature_service,
-                                    "entity_keys": [demo_repo.ENTITY_KEY]}},
+            metadata={"lakeserve": {"feature_service": spec.feature_service, "entity_keys": [demo_repo.ENTITY_KEY]}},
             registered_model_name=MODEL_NAME,
         )
     version = str(info.registered_model_version)
@@ -128,8 +127,9 @@ def _pipeline(spec: _Spec, sample: pd.DataFrame) -> Any:
 
     categorical = [c for c in sample.columns if sample[c].dtype == object]
     numeric = [c for c in sample.columns if c not in categorical]
-    prep = ColumnTransformer([("num", StandardScaler(), numeric),
-                              ("cat", OneHotEncoder(handle_unknown="ignore"), categorical)])
+    prep = ColumnTransformer(
+        [("num", StandardScaler(), numeric), ("cat", OneHotEncoder(handle_unknown="ignore"), categorical)]
+    )
     if spec.estimator == "logistic_regression":
         return Pipeline([("prep", prep), ("clf", LogisticRegression(max_iter=500))])
     return Pipeline([("prep", prep), ("clf", HistGradientBoostingClassifier(max_iter=150, random_state=3))])
@@ -139,6 +139,7 @@ def _client(settings: MlflowSettings) -> MlflowClient:
     import mlflow
     from mlflow import MlflowClient
 
+    assert settings.tracking_uri and settings.registry_uri, "resolved by Settings"
     mlflow.set_tracking_uri(settings.tracking_uri)
     mlflow.set_registry_uri(settings.registry_uri)
     return MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.registry_uri)

@@ -8,8 +8,6 @@ from pydantic import BaseModel, ConfigDict, Field
 class TablesSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    root: str | None = Field(
-        default=None, description="root of all tables (path or URI); default <state_dir>/tables"
-    )
+    root: str | None = Field(default=None, description="root of all tables (path or URI); default <state_dir>/tables")
     flush_rows: int = Field(default=5000, ge=1, description="append once this many rows wait")
     flush_interval_ms: int = Field(default=1000, ge=0, description="...or once the oldest waited this long")

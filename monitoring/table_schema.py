@@ -46,19 +46,34 @@ BASE_FIELDS: list[pa.Field] = [
 
 BASE_COLUMNS = frozenset(f.name for f in BASE_FIELDS)
 
+# Field metadata naming the role of a dynamic column; it travels into the Delta schema.
+ROLE_KEY = b"lakeserve.role"
+INPUT_ROLE = b"input"
+PREDICTION_ROLE = b"prediction"
+
+
+def prediction_column_names(schema: pa.Schema) -> list[str]:
+    """Names of the columns :func:`inference_schema` tagged as predictions, in schema order."""
+    return [f.name for f in schema if (f.metadata or {}).get(ROLE_KEY) == PREDICTION_ROLE]
+
 
 def inference_schema(
     input_columns: Mapping[str, pa.DataType], prediction_columns: Mapping[str, pa.DataType]
 ) -> pa.Schema:
-    """The full schema: fixed columns, then model inputs, then predictions (all nullable)."""
+    """The full schema: fixed columns, then model inputs, then predictions (all nullable).
+
+    Each dynamic field carries its role (``lakeserve.role``: ``input`` or ``prediction``) as
+    field metadata, so the row builder and the monitoring jobs know which columns hold
+    predictions without a second argument.
+    """
     clash = (set(input_columns) | set(prediction_columns)) & BASE_COLUMNS
     if clash:
         raise ValueError(f"model columns clash with fixed inference-table columns: {sorted(clash)}")
     both = set(input_columns) & set(prediction_columns)
     if both:
         raise ValueError(f"columns are both model inputs and predictions: {sorted(both)}")
-    dynamic = [pa.field(n, t) for n, t in input_columns.items()]
-    dynamic += [pa.field(n, t) for n, t in prediction_columns.items()]
+    dynamic = [pa.field(n, t, metadata={ROLE_KEY: INPUT_ROLE}) for n, t in input_columns.items()]
+    dynamic += [pa.field(n, t, metadata={ROLE_KEY: PREDICTION_ROLE}) for n, t in prediction_columns.items()]
     return pa.schema([*BASE_FIELDS, *dynamic])
 
 

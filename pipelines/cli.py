@@ -41,24 +41,40 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lakeserve", description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--config", type=Path, default=None,
-                        help="settings YAML (default: $LAKESERVE_CONFIG, else ./lakeserve.yaml if present)")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="settings YAML (default: $LAKESERVE_CONFIG, else ./lakeserve.yaml if present)",
+    )
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
-    _add(sub, "up", _up, "start the embedded stack (Kafka, MLflow UI, Redis if configured); Ctrl-C stops it",
-         [(["--detach"], {"action": "store_true", "help": "start and return instead of waiting for Ctrl-C"})])
+    _add(
+        sub,
+        "up",
+        _up,
+        "start the embedded stack (Kafka, MLflow UI, Redis if configured); Ctrl-C stops it",
+        [(["--detach"], {"action": "store_true", "help": "start and return instead of waiting for Ctrl-C"})],
+    )
     _add(sub, "down", _down, "stop the embedded stack started from this state folder")
     _add(sub, "status", _status, "show which embedded components run, with pids and addresses")
-    _add(sub, "demo", _demo, "the main job: stack up, demo data, models, features, and a summary",
-         [(["--keep-up"], {"action": "store_true", "help": "leave the stack running afterwards"})])
-    config = sub.add_parser("config", help="inspect settings").add_subparsers(title="config commands",
-                                                                             metavar="COMMAND")
+    _add(
+        sub,
+        "demo",
+        _demo,
+        "the main job: stack up, demo data, models, features, and a summary",
+        [(["--keep-up"], {"action": "store_true", "help": "leave the stack running afterwards"})],
+    )
+    config = sub.add_parser("config", help="inspect settings").add_subparsers(
+        title="config commands", metavar="COMMAND"
+    )
     _add(config, "show", _config_show, "print the resolved settings tree (secrets masked)")
     return parser
 
 
-def _add(sub: Any, name: str, handler: Handler, help_text: str,
-         options: list[tuple[list[str], dict[str, Any]]] | None = None) -> argparse.ArgumentParser:
+def _add(
+    sub: Any, name: str, handler: Handler, help_text: str, options: list[tuple[list[str], dict[str, Any]]] | None = None
+) -> argparse.ArgumentParser:
     cmd: argparse.ArgumentParser = sub.add_parser(name, help=help_text, description=help_text)
     for flags, kwargs in options or []:
         cmd.add_argument(*flags, **kwargs)

@@ -38,9 +38,7 @@ class StackSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     state_dir: Path = Field(default=Path(".lakeserve"), description="data, logs, pid files")
-    cache_dir: Path = Field(
-        default=Path("~/.cache/lakeserve"), description="resolved jars, shared between checkouts"
-    )
+    cache_dir: Path = Field(default=Path("~/.cache/lakeserve"), description="resolved jars, shared between checkouts")
     kafka_version: str = Field(default="4.1.1", pattern=r"^4\.\d+\.\d+$")
     kafka_port: int = Field(default=9092, ge=1, le=65535)
     kafka_controller_port: int = Field(default=9093, ge=1, le=65535)

@@ -81,9 +81,7 @@ class AutoCaptureConfig(_Section):
     schema_name: str = Field(default="inference_logs", pattern=r"^[A-Za-z0-9_]+$")
     table_name_prefix: str = Field(default="lakeserve", pattern=r"^[A-Za-z0-9_]+$")
     sampling_fraction: float = Field(default=1.0, gt=0.0, le=1.0)
-    payload_cap_bytes: int = Field(
-        default=1024 * 1024, gt=0, description="bodies larger than this are logged as null"
-    )
+    payload_cap_bytes: int = Field(default=1024 * 1024, gt=0, description="bodies larger than this are logged as null")
 
     @property
     def table_name(self) -> str:
@@ -126,8 +124,7 @@ class EndpointSettings(_Section):
         for route in self.traffic_config.routes:
             if route.served_model_name not in names:
                 raise ValueError(
-                    f"traffic_config route names unknown served entity "
-                    f"{route.served_model_name!r} (known: {names})"
+                    f"traffic_config route names unknown served entity {route.served_model_name!r} (known: {names})"
                 )
         shadow = self.traffic_config.shadow_model_name
         if shadow is not None and shadow not in names:

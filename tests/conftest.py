@@ -1,18 +1,37 @@
-"""Session-scoped fixtures for the real components: one broker, one Spark session, one MLflow,
-one Feast store per test session, all started by lakeserve's own code."""
+"""Session-scoped fixtures for the real components, started by lakeserve's own code: one broker
+(through `lakeserve up`, as a user starts it), one Spark session, one MLflow store and one Feast
+store per test session."""
 
 from __future__ import annotations
 
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+import yaml
 
 from lakeserve.pipelines.settings import Settings, load_settings
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
+
+    from lakeserve.jobs.demo import DemoReport
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+TEST_OVERRIDES = {
+    "kafka": {"bootstrap_servers": ["127.0.0.1:19092"], "session_timeout_ms": 6000},
+    "spark": {"master": "local[2]", "shuffle_partitions": 2, "driver_memory": "1g"},
+    "mlflow": {"ui_port": None},
+}
 
 
 @pytest.fixture(scope="session")
@@ -21,16 +40,67 @@ def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def settings(state_dir: Path) -> Settings:
-    """The settings every component fixture shares: embedded defaults on test ports."""
-    return load_settings(
-        overrides={
-            "stack": {"state_dir": str(state_dir), "kafka_port": 19092, "kafka_controller_port": 19093},
-            "kafka": {"bootstrap_servers": ["127.0.0.1:19092"], "session_timeout_ms": 6000},
-            "spark": {"master": "local[2]", "shuffle_partitions": 2},
-            "mlflow": {"ui_port": None},
-        }
+def config_file(state_dir: Path) -> Path:
+    """The test session's settings as a YAML file, so subprocesses load exactly the same tree."""
+    data = {
+        **TEST_OVERRIDES,
+        "stack": {"state_dir": str(state_dir), "kafka_port": 19092, "kafka_controller_port": 19093},
+    }
+    path = state_dir / "lakeserve.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture(scope="session")
+def settings(config_file: Path) -> Settings:
+    return load_settings(config_file)
+
+
+def wait_for_line(stream_lines: queue.Queue[str], needle: str, timeout_s: float) -> list[str]:
+    """Lines read from a process until one contains ``needle``; fails at the deadline."""
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            line = stream_lines.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            break
+        seen.append(line)
+        if needle in line:
+            return seen
+    raise AssertionError(f"no line with {needle!r} within {timeout_s} s; output:\n{''.join(seen)}")
+
+
+@pytest.fixture(scope="session")
+def stack(config_file: Path, settings: Settings) -> Iterator[Settings]:
+    """`lakeserve up` in the foreground; stopped by SIGINT (Ctrl-C) at the end of the session."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lakeserve.pipelines.cli", "--config", str(config_file), "up"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
+    lines: queue.Queue[str] = queue.Queue()
+    assert proc.stdout is not None
+    reader = threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout or []], daemon=True)
+    reader.start()
+    try:
+        wait_for_line(lines, "stack is up", timeout_s=180)
+    except AssertionError:
+        proc.kill()
+        raise
+    yield settings
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=90) == 0, "lakeserve up did not stop cleanly on Ctrl-C"
+    wait_for_line(lines, "stopped kafka", timeout_s=5)
+
+
+@pytest.fixture(scope="session")
+def demo_assets(settings: Settings) -> DemoReport:
+    """Demo data, Feast services materialized into SQLite, champion and challenger in MLflow."""
+    from lakeserve.jobs.demo import prepare_assets
+
+    return prepare_assets(settings)
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ admin client has listed the cluster's topics.
 from __future__ import annotations
 
 import base64
+import contextlib
 import subprocess
 import uuid
 from importlib import resources
@@ -61,9 +62,16 @@ class KafkaBroker:
         if not (self.home / "data" / "meta.properties").exists():
             self._format(java, config)
         self.process.start(
-            [java, f"-Xmx{self.stack.kafka_heap}", "-XX:+UseG1GC",
-             f"-Dlog4j2.configurationFile={self.home / 'log4j2.yaml'}",
-             "-cp", f"{self.libs}/*", "kafka.Kafka", str(config)]
+            [
+                java,
+                f"-Xmx{self.stack.kafka_heap}",
+                "-XX:+UseG1GC",
+                f"-Dlog4j2.configurationFile={self.home / 'log4j2.yaml'}",
+                "-cp",
+                f"{self.libs}/*",
+                "kafka.Kafka",
+                str(config),
+            ]
         )
         self.process.wait_ready(self._serves_clients, timeout_s, "serving clients")
 
@@ -78,13 +86,23 @@ class KafkaBroker:
         mvn = require_maven()
         pom = resources.files("lakeserve.pipelines.embedded").joinpath("kafka_pom.xml")
         with resources.as_file(pom) as pom_path:
-            cmd = [mvn, "-q", "-B", "-f", str(pom_path), f"-Dkafka.version={self.stack.kafka_version}",
-                   "dependency:copy-dependencies", "-DincludeScope=runtime",
-                   f"-DoutputDirectory={self.libs}"]
+            cmd = [
+                mvn,
+                "-q",
+                "-B",
+                "-f",
+                str(pom_path),
+                f"-Dkafka.version={self.stack.kafka_version}",
+                "dependency:copy-dependencies",
+                "-DincludeScope=runtime",
+                f"-DoutputDirectory={self.libs}",
+            ]
             result = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if result.returncode != 0 or not any(self.libs.glob("kafka_2.13-*.jar")):
-            raise ComponentError("kafka", f"Maven could not resolve Kafka {self.stack.kafka_version}:\n"
-                                 f"{(result.stdout + result.stderr)[-2000:]}")
+            raise ComponentError(
+                "kafka",
+                f"Maven could not resolve Kafka {self.stack.kafka_version}:\n{(result.stdout + result.stderr)[-2000:]}",
+            )
         marker.write_text(self.stack.kafka_version)
         return self.libs
 
@@ -120,8 +138,18 @@ class KafkaBroker:
         return config
 
     def _format(self, java: str, config: Path) -> None:
-        cmd = [java, "-cp", f"{self.libs}/*", "kafka.tools.StorageTool", "format",
-               "-t", _cluster_id(), "-c", str(config), "--standalone"]
+        cmd = [
+            java,
+            "-cp",
+            f"{self.libs}/*",
+            "kafka.tools.StorageTool",
+            "format",
+            "-t",
+            _cluster_id(),
+            "-c",
+            str(config),
+            "--standalone",
+        ]
         result = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if result.returncode != 0:
             raise ComponentError("kafka", f"formatting storage failed: {(result.stdout + result.stderr)[-1500:]}")
@@ -141,8 +169,12 @@ def list_topics(kafka: KafkaSettings, timeout_ms: int = 2000) -> set[str] | None
     from kafka.errors import KafkaError
 
     try:
-        admin = KafkaAdminClient(**kafka.client_options(), request_timeout_ms=timeout_ms,
-                                 bootstrap_timeout_ms=timeout_ms, client_id="lakeserve-probe")
+        admin = KafkaAdminClient(
+            **kafka.client_options(),
+            request_timeout_ms=timeout_ms,
+            bootstrap_timeout_ms=timeout_ms,
+            client_id="lakeserve-probe",
+        )
     except (KafkaError, OSError, ValueError):
         return None
     try:
@@ -165,10 +197,8 @@ def ensure_topics(kafka: KafkaSettings, names: list[str] | None = None) -> set[s
         missing = [t for t in wanted if t not in set(admin.list_topics())]
         if missing:
             new = [NewTopic(t, num_partitions=kafka.partitions, replication_factor=1) for t in missing]
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):  # another worker was quicker
                 admin.create_topics(new)
-            except TopicAlreadyExistsError:
-                pass
         return set(missing)
     except KafkaError as exc:
         raise ComponentError("kafka", f"cannot create topics {wanted}: {exc}") from exc

@@ -46,8 +46,13 @@ class ManagedProcess:
         with self.log_file.open("ab") as log:
             try:
                 proc = subprocess.Popen(
-                    list(argv), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                    env=env, cwd=cwd, start_new_session=True,
+                    list(argv),
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    env=env,
+                    cwd=cwd,
+                    start_new_session=True,
                 )
             except OSError as exc:
                 raise ComponentError(self.name, f"cannot start {argv[0]}: {exc}") from exc

@@ -29,9 +29,22 @@ class MlflowUi:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout_s: float = 120.0) -> None:
-        argv = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
-                "--backend-store-uri", str(self.mlflow.tracking_uri),
-                "--default-artifact-root", str(self.mlflow.artifact_root), "--workers", "1"]
+        argv = [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--backend-store-uri",
+            str(self.mlflow.tracking_uri),
+            "--default-artifact-root",
+            str(self.mlflow.artifact_root),
+            "--workers",
+            "1",
+        ]
         self.process.start(argv, env=_env(MLFLOW_DISABLE_TELEMETRY="true"))
         self.process.wait_ready(self._healthy, timeout_s, "answering /health")
 
@@ -58,8 +71,21 @@ class RedisServer:
         if server is None:
             raise ComponentError("redis", "redis-server is not on PATH (Debian: apt-get install redis-server)")
         self.process.workdir.mkdir(parents=True, exist_ok=True)
-        self.process.start([server, "--bind", "127.0.0.1", "--port", str(self.port),
-                            "--dir", str(self.process.workdir), "--save", "", "--appendonly", "no"])
+        self.process.start(
+            [
+                server,
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--dir",
+                str(self.process.workdir),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ]
+        )
         self.process.wait_ready(self._pings, timeout_s, "answering PING")
 
     def stop(self) -> bool:

@@ -40,8 +40,11 @@ class Stack:
         self.settings = settings
         self.kafka = KafkaBroker(settings.stack)
         self.mlflow_ui = MlflowUi(settings.mlflow, settings.stack.state_dir) if settings.mlflow.ui_port else None
-        self.redis = (RedisServer(settings.stack.redis_port, settings.stack.state_dir)
-                      if settings.feast.online_store == "redis" else None)
+        self.redis = (
+            RedisServer(settings.stack.redis_port, settings.stack.state_dir)
+            if settings.feast.online_store == "redis"
+            else None
+        )
 
     def components(self) -> list[tuple[str, Component, str]]:
         out: list[tuple[str, Component, str]] = [("kafka", self.kafka, self.kafka.bootstrap)]
