@@ -1,0 +1,391 @@
+"""The transport-free scoring core: a micro-batch of requests in, one result per request out.
+
+``ScoringCore.score(requests)`` runs, for the whole micro-batch:
+
+1. parse every body (:func:`lakeserve.scoring.requests.parse`); a bad body becomes an error
+   result carrying one error record (so the inference table logs it), never an exception;
+2. route every record (:class:`~lakeserve.scoring.routing.Router`), sticky by
+   ``traffic_config.sticky_key`` or else the entity key the served models record; a record
+   without that field routes by its request id. The shadow entity gets a copy of each record
+   it does not already answer (``shadow=True``: scored and logged, never answered);
+3. look features up: ONE ``FeatureLookup.get`` per feature service for the whole batch
+   (distinct keys only). A record missing its entity key is ``INVALID_PARAMETER_VALUE`` (400);
+   a key the store does not know is ``RESOURCE_DOES_NOT_EXIST`` (404);
+4. assemble each record's model input: the looked-up features, then the request's fields on
+   top. **A request field with the same name as a feature overrides the looked-up value**
+   (Databricks Feature Serving's rule) when the request gives a non-null value for it; a
+   null or absent field leaves the looked-up value. The input is checked against the model's
+   signature (:func:`~lakeserve.scoring.models.conform`): a bad record is a 400 of its own;
+5. ONE ``predict`` per served entity over all its records. A model that raises fails only its
+   own records (``MODEL_ERROR``, 500). Records past ``limits.timeout_s`` since ``received_at``
+   are ``TIMEOUT`` (504), checked before and after the model;
+6. answer: ``{"predictions": [...]}`` (a scalar per record for one output, an object per
+   record for several) when every answered record succeeded. Otherwise the request answers
+   with its first failing record's status and ``{"error_code", "message"}``, as MLflow's
+   scoring server fails a whole request; every record keeps its own status for the log.
+
+Failures of a real component (Feast down: ``ComponentError``) are not bad input: they raise
+out of :meth:`ScoringCore.score`, so the pipeline does not commit the batch and retries it.
+
+The models and the traffic split live in one immutable :class:`RoutingTable`; :meth:`swap`
+replaces it atomically (one reference assignment). A batch reads the table once, so it is
+scored entirely by the old or entirely by the new table, never by a mix.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import defaultdict
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from lakeserve.errors import ConfigError, InvalidInput, ModelError, NotFound, ScoringError, ScoringTimeout
+from lakeserve.features.lookup import FeatureLookup, key_tuples
+from lakeserve.scoring.models import PREDICTION, ServedModel, conform
+from lakeserve.scoring.records import RecordResult, RequestResult, ScoringRequest, Timings
+from lakeserve.scoring.requests import ParsedRequest, parse
+from lakeserve.scoring.routing import Router, key_string
+from lakeserve.scoring.settings import EndpointSettings
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingTable:
+    """What a batch is scored with: the endpoint config, its loaded models and its router."""
+
+    endpoint: EndpointSettings
+    models: Mapping[str, ServedModel]
+    router: Router
+    sticky_key: str | None
+
+    @classmethod
+    def build(
+        cls, endpoint: EndpointSettings, models: Mapping[str, ServedModel], lookup: FeatureLookup
+    ) -> RoutingTable:
+        """Check that every routed (and shadow) entity is loaded and its feature service known."""
+        wanted = [r.served_model_name for r in endpoint.traffic_config.routes]
+        wanted += (
+            [endpoint.traffic_config.shadow_model_name] if endpoint.traffic_config.shadow_model_name else []
+        )
+        missing = sorted(set(wanted) - set(models))
+        if missing:
+            raise ConfigError(f"endpoint {endpoint.name!r}: no loaded model for served entities {missing}")
+        for model in models.values():
+            if model.feature_service is not None:
+                lookup.entity_keys(model.feature_service)  # ConfigError now, not mid-stream
+        sticky = endpoint.traffic_config.sticky_key or _entity_key(models, wanted)
+        return cls(endpoint, MappingProxyType(dict(models)), Router(endpoint.traffic_config), sticky)
+
+
+def _entity_key(models: Mapping[str, ServedModel], names: Sequence[str]) -> str | None:
+    for name in names:
+        if models[name].entity_keys:
+            return models[name].entity_keys[0]
+    return None
+
+
+@dataclass(slots=True)
+class _Item:
+    """One record on its way to one served entity (an answered record or a shadow copy)."""
+
+    request: int  # position of its request in the batch
+    fields: dict[str, Any]
+    record: RecordResult
+    deadline: datetime
+    done: bool = False
+
+    def fail(self, error: ScoringError) -> None:
+        self.record.status_code, self.record.error_code = error.status_code, error.error_code
+        self.record.message = error.message
+        self.done = True
+
+
+@dataclass(slots=True)
+class _BatchTimes:
+    parse_ms: list[float] = field(default_factory=list)
+    features_ms: float = 0.0
+    model_ms: dict[str, float] = field(default_factory=dict)
+
+
+class ScoringCore:
+    """Scores micro-batches of requests with the current :class:`RoutingTable`."""
+
+    def __init__(
+        self,
+        endpoint: EndpointSettings,
+        models: Mapping[str, ServedModel],
+        lookup: FeatureLookup,
+        clock: Clock = utc_now,
+    ) -> None:
+        self._lookup = lookup
+        self._clock = clock
+        self._table = RoutingTable.build(endpoint, models, lookup)
+
+    @property
+    def table(self) -> RoutingTable:
+        return self._table
+
+    def swap(
+        self, models: Mapping[str, ServedModel], endpoint: EndpointSettings | None = None
+    ) -> RoutingTable:
+        """Replace the models (and optionally the endpoint config) at once; returns the old table.
+
+        The new table is checked before it replaces the old one, so a bad update raises
+        ConfigError and leaves the old table serving. The caller unloads the old models.
+        """
+        new = RoutingTable.build(endpoint or self._table.endpoint, models, self._lookup)
+        old, self._table = self._table, new
+        return old
+
+    def score(self, requests: Sequence[ScoringRequest]) -> list[RequestResult]:
+        table = self._table  # one snapshot for the whole batch
+        times = _BatchTimes()
+        parsed = [self._parse(r, times) for r in requests]
+        items = self._route(requests, parsed, table)
+        times.features_ms = self._add_features(items, table)
+        for name, model in table.models.items():
+            todo = [it for it in items if it.record.served_entity == name and not it.done]
+            if todo:
+                times.model_ms[name] = self._predict(model, todo)
+        by_request: dict[int, list[_Item]] = defaultdict(list)
+        for it in items:
+            by_request[it.request].append(it)
+        return [
+            _result(req, parsed[i], [it.record for it in by_request[i]], times, i, self._clock())
+            for i, req in enumerate(requests)
+        ]
+
+    def _parse(self, request: ScoringRequest, times: _BatchTimes) -> ParsedRequest | ScoringError:
+        start = time.perf_counter()
+        parsed = parse(request.body, self._table.endpoint.limits.max_request_bytes)
+        times.parse_ms.append((time.perf_counter() - start) * 1000)
+        return parsed
+
+    def _route(
+        self,
+        requests: Sequence[ScoringRequest],
+        parsed: Sequence[ParsedRequest | ScoringError],
+        table: RoutingTable,
+    ) -> list[_Item]:
+        items: list[_Item] = []
+        timeout = timedelta(seconds=table.endpoint.limits.timeout_s)
+        for pos, (request, p) in enumerate(zip(requests, parsed, strict=True)):
+            if isinstance(p, ScoringError):
+                continue
+            rows = _rows(p.records)
+            keys = [_sticky(row, table.sticky_key) or request.request_id for row in rows]
+            entities = table.router.assign(keys)
+            for index, (row, entity) in enumerate(zip(rows, entities, strict=True)):
+                deadline = request.received_at + timeout
+                for name, shadow in _copies(entity, table.router):
+                    record = _new_record(index, table.models[name], row, shadow)
+                    items.append(_Item(pos, row, record, deadline))
+        return items
+
+    def _add_features(self, items: list[_Item], table: RoutingTable) -> float:
+        start = time.perf_counter()
+        by_service: dict[str, list[_Item]] = defaultdict(list)
+        for it in items:
+            service = table.models[str(it.record.served_entity)].feature_service
+            if service is not None and not it.done:
+                by_service[service].append(it)
+        for service, group in by_service.items():
+            self._lookup_service(service, group)
+        return (time.perf_counter() - start) * 1000
+
+    def _lookup_service(self, service: str, group: list[_Item]) -> None:
+        join_keys = self._lookup.entity_keys(service)
+        ready = []
+        for it in group:
+            absent = [k for k in join_keys if _null(it.fields.get(k))]
+            if absent:
+                it.fail(
+                    InvalidInput(f"record lacks entity key {absent} needed by feature service {service!r}")
+                )
+            else:
+                ready.append(it)
+        if not ready:
+            return
+        keys = key_tuples(
+            pd.DataFrame([{k: it.fields[k] for k in join_keys} for it in ready], columns=join_keys)
+        )
+        distinct = list(dict.fromkeys(keys))
+        result = self._lookup.get(service, pd.DataFrame(distinct, columns=join_keys))
+        feature_rows = _plain_rows(result.features)
+        where = {k: i for i, k in enumerate(distinct)}
+        for it, key in zip(ready, keys, strict=True):
+            if result.found[where[key]]:
+                it.record.features = feature_rows[where[key]]
+            else:
+                it.fail(NotFound(f"no features in {service!r} for {_describe(join_keys, key)}"))
+
+    def _predict(self, model: ServedModel, todo: list[_Item]) -> float:
+        self._expire(todo)
+        todo = [it for it in todo if not it.done]
+        if not todo:
+            return 0.0
+        frame = pd.DataFrame([_model_input(it) for it in todo])
+        conformed = conform(frame, model.input_schema)
+        for it, error in zip(todo, conformed.errors, strict=True):
+            if error is not None:
+                it.fail(error)
+        ok = [i for i, e in enumerate(conformed.errors) if e is None]
+        if not ok:
+            return 0.0
+        start = time.perf_counter()
+        try:
+            out = model.predict(conformed.frame.iloc[ok].reset_index(drop=True))
+            predictions = _predictions(out, len(ok))
+        except Exception as exc:  # the model is user code: wrapped where it enters
+            for i in ok:
+                todo[i].fail(ModelError(f"served entity {model.name!r} failed: {type(exc).__name__}: {exc}"))
+            return (time.perf_counter() - start) * 1000
+        elapsed = (time.perf_counter() - start) * 1000
+        for i, prediction in zip(ok, predictions, strict=True):
+            todo[i].record.prediction, todo[i].record.execution_time_ms = prediction, elapsed
+        self._expire([todo[i] for i in ok])
+        return elapsed
+
+    def _expire(self, items: list[_Item]) -> None:
+        now = self._clock()
+        for it in items:
+            if not it.done and now > it.deadline:
+                it.record.prediction = None
+                it.fail(ScoringTimeout(f"record not scored within {self._table.endpoint.limits.timeout_s} s"))
+
+
+def _copies(entity: str, router: Router) -> list[tuple[str, bool]]:
+    """The answered copy of a record, plus the shadow copy unless the shadow already answers it."""
+    if router.shadow is not None and router.shadows([entity])[0]:
+        return [(entity, False), (router.shadow, True)]
+    return [(entity, False)]
+
+
+def _new_record(index: int, model: ServedModel, row: dict[str, Any], shadow: bool) -> RecordResult:
+    return RecordResult(
+        record_index=index,
+        served_entity=model.name,
+        model_name=model.model_name,
+        model_version=model.model_version,
+        shadow=shadow,
+        inputs=dict(row),
+    )
+
+
+def _rows(records: pd.DataFrame) -> list[dict[str, Any]]:
+    """The records as dicts of plain Python values, NaN as None, column names as strings."""
+    frame = records.rename(columns=str)
+    return [{k: None if _null(v) else v for k, v in row.items()} for row in _plain_rows(frame)]
+
+
+def _plain_rows(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    return [{str(k): v for k, v in row.items()} for row in frame.to_dict("records")]
+
+
+def _sticky(row: Mapping[str, Any], field_name: str | None) -> str | None:
+    return key_string(row.get(field_name)) if field_name is not None else None
+
+
+def _null(value: Any) -> bool:
+    if value is None:
+        return True
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):  # lists, dicts: present values
+        return False
+
+
+def _model_input(it: _Item) -> dict[str, Any]:
+    """Looked-up features, then the request's non-null fields on top (request wins)."""
+    return {**it.record.features, **{k: v for k, v in it.fields.items() if not _null(v)}}
+
+
+def _describe(join_keys: Sequence[str], key: tuple[Hashable | None, ...]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in zip(join_keys, key, strict=True))
+
+
+def _predictions(out: pd.DataFrame, rows: int) -> list[Any]:
+    if len(out) != rows:
+        raise ValueError(f"model returned {len(out)} predictions for {rows} rows")
+    values = _plain_rows(out.reset_index(drop=True))
+    if out.shape[1] == 1:
+        column = PREDICTION if PREDICTION in out.columns else str(out.columns[0])
+        return [_jsonable(v[column]) for v in values]
+    return [{k: _jsonable(v) for k, v in row.items()} for row in values]
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain JSON values: numpy scalars unboxed, non-finite floats as null."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _result(
+    request: ScoringRequest,
+    parsed: ParsedRequest | ScoringError,
+    records: list[RecordResult],
+    times: _BatchTimes,
+    pos: int,
+    now: datetime,
+) -> RequestResult:
+    timings = Timings(
+        parse_ms=times.parse_ms[pos], total_ms=(now - request.received_at).total_seconds() * 1000
+    )
+    if isinstance(parsed, ScoringError):
+        record = RecordResult(0, parsed.status_code, parsed.error_code, parsed.message)
+        return _failed(request, None, [record], parsed, timings)
+    timings.features_ms = times.features_ms if any(r.features for r in records) else 0.0
+    timings.model_ms = max((times.model_ms.get(str(r.served_entity), 0.0) for r in records), default=0.0)
+    answered = [r for r in records if not r.shadow]
+    ordered = answered + [r for r in records if r.shadow]
+    failed = next((r for r in answered if not r.ok), None)
+    served = ",".join(dict.fromkeys(str(r.served_entity) for r in answered if r.ok)) or None
+    if failed is not None:
+        body = _json({"error_code": failed.error_code, "message": failed.message})
+        return RequestResult(
+            request, failed.status_code, body, ordered, parsed.client_request_id,
+            failed.error_code, failed.message, served, timings,
+        )  # fmt: skip
+    body = _json({"predictions": [r.prediction for r in answered]})
+    return RequestResult(request, 200, body, ordered, parsed.client_request_id, None, None, served, timings)
+
+
+def _failed(
+    request: ScoringRequest,
+    client_request_id: str | None,
+    records: list[RecordResult],
+    error: ScoringError,
+    timings: Timings,
+) -> RequestResult:
+    body = _json({"error_code": error.error_code, "message": error.message})
+    return RequestResult(
+        request,
+        error.status_code,
+        body,
+        records,
+        client_request_id,
+        error.error_code,
+        error.message,
+        None,
+        timings,
+    )
+
+
+def _json(document: Mapping[str, Any]) -> bytes:
+    return json.dumps(document, default=str, allow_nan=False).encode("utf-8")

@@ -1,0 +1,347 @@
+"""The served-model runtime: one interface, its MLflow implementation, and input conformance.
+
+A :class:`ServedModel` is one served entity, loaded: it names the registered model and
+version it runs, the input columns its MLflow signature declares (as an Arrow schema, which
+the inference table reuses), the feature service it reads (recorded with the model as
+``metadata={"lakeserve": {"feature_service": ..., "entity_keys": [...]}}``), and predicts a
+frame of prediction columns from a frame of inputs.
+
+:func:`conform` checks an assembled input frame against that schema record by record: a
+missing column or value, or a value of the wrong type, is an ``INVALID_PARAMETER_VALUE`` (400)
+for that record only; the valid rows come back cast to the declared types.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from lakeserve.errors import ComponentError, ConfigError, InvalidInput
+from lakeserve.scoring.settings import MlflowSettings, ServedEntity
+
+if TYPE_CHECKING:
+    from mlflow.pyfunc import PyFuncModel
+
+PREDICTION = "prediction"  # the column of a single-output model
+
+# MLflow signature column types (DataType names) as Arrow types.
+_ARROW_TYPES: dict[str, pa.DataType] = {
+    "boolean": pa.bool_(),
+    "integer": pa.int32(),
+    "long": pa.int64(),
+    "float": pa.float32(),
+    "double": pa.float64(),
+    "string": pa.string(),
+    "binary": pa.binary(),
+    "datetime": pa.timestamp("us", tz="UTC"),
+}
+
+
+class ServedModel(Protocol):
+    """One served entity, loaded and ready to predict."""
+
+    @property
+    def name(self) -> str: ...  # the served entity's name (what routes name)
+    @property
+    def model_name(self) -> str: ...
+    @property
+    def model_version(self) -> str: ...
+    @property
+    def input_schema(self) -> pa.Schema | None: ...  # None: no signature, request fields as sent
+    @property
+    def output_schema(self) -> pa.Schema | None: ...  # prediction columns; None: not declared
+    @property
+    def feature_service(self) -> str | None: ...
+    @property
+    def entity_keys(self) -> Sequence[str]: ...
+
+    def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """Prediction columns, one row per input row (``PREDICTION`` for one output)."""
+        ...
+
+    def unload(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Conformed:
+    """An input frame checked against a schema: the frame (cast) and one error or None per row."""
+
+    frame: pd.DataFrame
+    errors: list[InvalidInput | None]
+
+
+def conform(frame: pd.DataFrame, schema: pa.Schema | None) -> Conformed:
+    """Check every row of ``frame`` against ``schema``; keep only the schema's columns, cast."""
+    if schema is None:
+        return Conformed(frame=frame, errors=[None] * len(frame))
+    errors: list[InvalidInput | None] = [None] * len(frame)
+    columns: dict[str, pd.Series[Any]] = {}
+    for f in schema:
+        column = frame[f.name] if f.name in frame.columns else pd.Series([None] * len(frame), index=frame.index)
+        bad = _bad_rows(column, f, present=f.name in frame.columns)
+        for pos in np.flatnonzero(bad.to_numpy()):
+            errors[pos] = errors[pos] or InvalidInput(_message(column.iloc[pos], f, f.name in frame.columns))
+        columns[f.name] = column
+    good = np.array([e is None for e in errors], dtype=np.bool_)
+    out = pd.DataFrame(columns, index=frame.index)
+    cast = pd.DataFrame({f.name: _cast(out[f.name][good], f.type) for f in schema})
+    return Conformed(frame=cast.reindex(out.index), errors=errors)
+
+
+def _bad_rows(column: pd.Series[Any], f: pa.Field, present: bool) -> pd.Series[bool]:
+    if not present:
+        return pd.Series(True, index=column.index)
+    null = column.isna()
+    wrong = ~null & ~_type_ok(column, f.type)
+    return wrong | (null & (not f.nullable))
+
+
+def _message(value: Any, f: pa.Field, present: bool) -> str:
+    if not present:
+        return f"missing input column {f.name!r} ({f.type})"
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return f"missing value for required input column {f.name!r} ({f.type})"
+    return f"input column {f.name!r} expects {f.type}, got {type(value).__name__} {value!r}"
+
+
+def _type_ok(column: pd.Series[Any], t: pa.DataType) -> pd.Series[bool]:
+    kind = column.dtype.kind
+    if pa.types.is_integer(t):
+        if kind in "iu":
+            return pd.Series(True, index=column.index)
+        if kind == "f":
+            return (column % 1 == 0) | column.isna()
+        return column.map(_is_integral).astype(bool)
+    if pa.types.is_floating(t):
+        return pd.Series(True, index=column.index) if kind in "iuf" else column.map(_is_number).astype(bool)
+    return column.map(_CHECKS.get(str(t), _anything)).astype(bool)
+
+
+def _is_integral(v: Any) -> bool:
+    if isinstance(v, bool | np.bool_):
+        return False
+    return isinstance(v, int | np.integer) or (isinstance(v, float | np.floating) and float(v).is_integer())
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float | np.integer | np.floating) and not isinstance(v, bool | np.bool_)
+
+
+def _is_timestamp(v: Any) -> bool:
+    return isinstance(v, pd.Timestamp | np.datetime64) or (
+        isinstance(v, str) and pd.notna(pd.to_datetime(v, errors="coerce", utc=True))
+    )
+
+
+def _anything(v: Any) -> bool:
+    return True
+
+
+_CHECKS: dict[str, Callable[[Any], bool]] = {
+    "bool": lambda v: isinstance(v, bool | np.bool_),
+    "string": lambda v: isinstance(v, str),
+    "binary": lambda v: isinstance(v, bytes | str),
+    "timestamp[us, tz=UTC]": _is_timestamp,
+}
+
+
+def _cast(column: pd.Series[Any], t: pa.DataType) -> pd.Series[Any]:
+    """The valid values as the declared type; a nullable column keeps NaN (then stays float)."""
+    if pa.types.is_timestamp(t):
+        return pd.to_datetime(column, utc=True).dt.tz_localize(None)
+    if column.isna().any() or pa.types.is_string(t) or pa.types.is_binary(t):
+        return column
+    return column.astype(t.to_pandas_dtype())
+
+
+def arrow_input_schema(signature_inputs: Any) -> pa.Schema | None:
+    """The Arrow schema of an MLflow signature's named column inputs; None for tensors or none."""
+    if signature_inputs is None or signature_inputs.is_tensor_spec() or not signature_inputs.has_input_names():
+        return None
+    fields = []
+    for spec in signature_inputs.inputs:
+        t = _ARROW_TYPES.get(getattr(spec.type, "name", ""))
+        if t is None:
+            return None  # arrays, objects, maps: leave the check to MLflow
+        fields.append(pa.field(str(spec.name), t, nullable=not spec.required))
+    return pa.schema(fields)
+
+
+def _output_schema(outputs: Any) -> pa.Schema | None:
+    """Prediction columns from the output signature: named columns as declared, one unnamed as
+    ``PREDICTION``; None when the signature declares no output or a tensor."""
+    if outputs is None or outputs.is_tensor_spec():
+        return None
+    if outputs.has_input_names():
+        return arrow_input_schema(outputs)
+    types = [_ARROW_TYPES.get(getattr(spec.type, "name", "")) for spec in outputs.inputs]
+    if len(types) == 1 and types[0] is not None:
+        return pa.schema([pa.field(PREDICTION, types[0])])
+    return None
+
+
+def prediction_frame(raw: Any, rows: int, names: Sequence[str] = ()) -> pd.DataFrame:
+    """A model's raw output as prediction columns; ``PREDICTION`` when there is one output."""
+    if isinstance(raw, pd.DataFrame):
+        out = raw.reset_index(drop=True)
+        if out.shape[1] == 1:
+            out.columns = [PREDICTION]
+    elif isinstance(raw, pd.Series):
+        out = pd.DataFrame({PREDICTION: raw.to_numpy()})
+    else:
+        array = np.asarray(raw)
+        if array.ndim == 2 and array.shape[1] == 1:
+            array = array[:, 0]
+        if array.ndim == 1:
+            out = pd.DataFrame({PREDICTION: array})
+        else:
+            labels = (
+                list(names) if len(names) == array.shape[1] else [f"{PREDICTION}_{i}" for i in range(array.shape[1])]
+            )
+            out = pd.DataFrame(array.reshape(array.shape[0], -1), columns=labels)
+    if len(out) != rows:
+        raise ValueError(f"model returned {len(out)} predictions for {rows} rows")
+    return out
+
+
+def require_cuda(entity: ServedEntity) -> None:
+    """Raise ConfigError unless a CUDA device is visible to torch (GPU workload types only)."""
+    if not entity.on_gpu:
+        return
+    if importlib.util.find_spec("torch") is None:
+        raise ConfigError(
+            f"served entity {entity.name!r} asks for GPU ({entity.workload_type}) but no CUDA device "
+            f"is visible: torch is not installed"
+        )
+    torch = importlib.import_module("torch")
+    if not torch.cuda.is_available():
+        raise ConfigError(
+            f"served entity {entity.name!r} asks for GPU ({entity.workload_type}) but no CUDA device is visible"
+        )
+
+
+class MlflowServedModel:
+    """A registered MLflow model at one version, loaded as a pyfunc."""
+
+    def __init__(self, entity: ServedEntity, version: str, model: PyFuncModel, local_dir: str | None = None) -> None:
+        self._entity = entity
+        self._version = version
+        self._model: PyFuncModel | None = model
+        self._local_dir = local_dir
+        meta = (model.metadata.metadata or {}).get("lakeserve", {})
+        self._feature_service: str | None = meta.get("feature_service")
+        self._entity_keys: tuple[str, ...] = tuple(meta.get("entity_keys", ()))
+        signature = model.metadata.signature
+        self._input_schema = arrow_input_schema(signature.inputs if signature else None)
+        outputs = signature.outputs if signature else None
+        self._output_names = [str(n) for n in outputs.input_names()] if outputs is not None else []
+        self._output_schema = _output_schema(outputs)
+
+    @classmethod
+    def load(cls, entity: ServedEntity, mlflow: MlflowSettings) -> MlflowServedModel:
+        """Resolve the entity's alias or version in the registry and load the model; GPU checked first."""
+        require_cuda(entity)
+        version = resolve_version(entity, mlflow)
+        local_dir = tempfile.mkdtemp(prefix=f"lakeserve-{entity.name}-")
+        try:
+            model = _load_pyfunc(entity, version, mlflow, local_dir)
+        except BaseException:
+            shutil.rmtree(local_dir, ignore_errors=True)
+            raise
+        return cls(entity, version, model, local_dir)
+
+    @property
+    def name(self) -> str:
+        return self._entity.name
+
+    @property
+    def model_name(self) -> str:
+        return self._entity.entity_name
+
+    @property
+    def model_version(self) -> str:
+        return self._version
+
+    @property
+    def input_schema(self) -> pa.Schema | None:
+        return self._input_schema
+
+    @property
+    def output_schema(self) -> pa.Schema | None:
+        return self._output_schema
+
+    @property
+    def feature_service(self) -> str | None:
+        return self._feature_service
+
+    @property
+    def entity_keys(self) -> Sequence[str]:
+        return self._entity_keys
+
+    def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
+        if self._model is None:
+            raise ComponentError("mlflow", f"served entity {self.name!r} was unloaded")
+        return prediction_frame(self._model.predict(frame), len(frame), self._output_names)
+
+    def unload(self) -> None:
+        self._model = None
+        if self._local_dir is not None:
+            shutil.rmtree(self._local_dir, ignore_errors=True)
+            self._local_dir = None
+
+
+def resolve_version(entity: ServedEntity, mlflow: MlflowSettings) -> str:
+    """The registry version an entity names (its alias resolved now; later moves need a reload)."""
+    if entity.entity_version is not None:
+        return entity.entity_version
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=mlflow.tracking_uri, registry_uri=mlflow.registry_uri)
+    try:
+        return str(client.get_model_version_by_alias(entity.entity_name, str(entity.alias)).version)
+    except MlflowException as exc:
+        raise ConfigError(
+            f"served entity {entity.name!r}: alias {entity.alias!r} of model {entity.entity_name!r} "
+            f"cannot be resolved: {exc.message}"
+        ) from exc
+
+
+def _load_pyfunc(entity: ServedEntity, version: str, settings: MlflowSettings, local_dir: str) -> PyFuncModel:
+    """Download the version's artifacts through the settings' registry (no global URI), then load."""
+    from mlflow.artifacts import download_artifacts
+    from mlflow.exceptions import MlflowException
+    from mlflow.pyfunc import load_model
+    from mlflow.tracking import MlflowClient
+
+    uri = f"models:/{entity.entity_name}/{version}"
+    client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.registry_uri)
+    try:
+        source = client.get_model_version_download_uri(entity.entity_name, version)
+        path = download_artifacts(artifact_uri=source, dst_path=local_dir, tracking_uri=settings.tracking_uri)
+        config = {"device": "cuda"} if entity.on_gpu and _takes_device(path) else None
+        return load_model(path, model_config=config)
+    except (MlflowException, OSError, ImportError) as exc:
+        raise ComponentError("mlflow", f"loading {uri} for served entity {entity.name!r} failed: {exc}") from exc
+
+
+def _takes_device(path: str) -> bool:
+    """Whether the model's flavor honours ``model_config={"device": ...}`` (pytorch, transformers)."""
+    from mlflow.models import Model
+
+    loader = Model.load(path).flavors.get("python_function", {}).get("loader_module")
+    return loader in {"mlflow.pytorch", "mlflow.transformers"}
+
+
+def model_summary(models: Mapping[str, ServedModel]) -> dict[str, str]:
+    """``{served entity: "model_name/version"}``, for logs and health answers."""
+    return {name: f"{m.model_name}/{m.model_version}" for name, m in models.items()}

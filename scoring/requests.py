@@ -1,0 +1,172 @@
+"""MLflow scoring bodies (bytes) → a frame of records, ``client_request_id`` and ``params``.
+
+The body is a JSON object with exactly one of the formats ``mlflow models serve`` accepts:
+
+- ``dataframe_split``: ``{"columns": [...], "data": [[...], ...]}`` (``index`` optional);
+- ``dataframe_records``: ``[{"col": value, ...}, ...]``;
+- ``instances``: a list of records (``[{"col": value}, ...]``). MLflow turns a list of
+  scalars or of lists into a tensor; that is not a tabular request and answers 400 here;
+- ``inputs``: columns (``{"col": [v1, v2]}``, or scalars for one record) or a list of records.
+
+plus optional ``params`` (an object) and ``client_request_id`` (a string). Other top-level keys
+are ignored, as MLflow's scoring server ignores them. JSON ``NaN``/``Infinity`` tokens (and
+numbers that overflow to infinity) are refused with ``INVALID_PARAMETER_VALUE`` unless the
+caller allows them. :func:`parse` never raises for bad input: it returns the error as a value.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from lakeserve.errors import BadRequest, InvalidInput, PayloadTooLarge, ScoringError
+
+DF_SPLIT = "dataframe_split"
+DF_RECORDS = "dataframe_records"
+INSTANCES = "instances"
+INPUTS = "inputs"
+FORMATS = (DF_SPLIT, DF_RECORDS, INSTANCES, INPUTS)
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedRequest:
+    """The records of one request (one row each, ``RangeIndex``) and its optional extras."""
+
+    records: pd.DataFrame
+    client_request_id: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+class _NonFiniteError(ValueError):
+    """Raised from inside ``json.loads`` when a non-finite number is met."""
+
+
+def parse(body: bytes, max_bytes: int, *, allow_non_finite: bool = False) -> ParsedRequest | ScoringError:
+    """Parse one scoring body; a :class:`ScoringError` value says why it cannot be scored."""
+    if len(body) > max_bytes:
+        return PayloadTooLarge(f"request is {len(body)} bytes, over the limit of {max_bytes} bytes")
+    try:
+        document = _decode(body, allow_non_finite)
+    except _NonFiniteError as exc:
+        return InvalidInput(f"non-finite number {exc} is not allowed in a scoring request")
+    except (ValueError, UnicodeDecodeError) as exc:
+        return BadRequest(f"body is not valid JSON: {exc}")
+    try:
+        return _parse_document(document)
+    except ScoringError as exc:
+        return exc
+
+
+def _decode(body: bytes, allow_non_finite: bool) -> Any:
+    def constant(token: str) -> float:
+        if not allow_non_finite:
+            raise _NonFiniteError(token)
+        return float(token)
+
+    def number(token: str) -> float:
+        value = float(token)
+        if math.isinf(value) and not allow_non_finite:
+            raise _NonFiniteError(token)
+        return value
+
+    return json.loads(body, parse_constant=constant, parse_float=number)
+
+
+def _parse_document(document: Any) -> ParsedRequest:
+    if not isinstance(document, dict):
+        raise BadRequest(f"body must be a JSON object with one of {list(FORMATS)}, got {_kind(document)}")
+    present = [f for f in FORMATS if f in document]
+    if len(present) != 1:
+        found = "none" if not present else ", ".join(present)
+        raise BadRequest(f"body must hold exactly one of {list(FORMATS)}; found {found}")
+    records = _FRAMERS[present[0]](document[present[0]])
+    if len(records) == 0:
+        raise BadRequest(f"{present[0]} holds no records")
+    return ParsedRequest(
+        records=records.reset_index(drop=True),
+        client_request_id=_client_request_id(document.get("client_request_id")),
+        params=_params(document.get("params")),
+    )
+
+
+def _client_request_id(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise BadRequest(f"client_request_id must be a string, got {_kind(value)}")
+
+
+def _params(value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if isinstance(value, dict):
+        return value
+    raise BadRequest(f"params must be a JSON object, got {_kind(value)}")
+
+
+def _from_split(value: Any) -> pd.DataFrame:
+    if not isinstance(value, dict):
+        raise BadRequest(f"{DF_SPLIT} must be an object, got {_kind(value)}")
+    extra = set(value) - {"columns", "data", "index"}
+    if "data" not in value or extra:
+        raise BadRequest(f"{DF_SPLIT} needs 'data' and optionally 'columns', 'index'; got {sorted(value)}")
+    data, columns = value["data"], value.get("columns")
+    if not isinstance(data, list) or not all(isinstance(row, list) for row in data):
+        raise BadRequest(f"{DF_SPLIT}.data must be a list of rows (lists)")
+    if columns is not None and not (isinstance(columns, list) and all(isinstance(c, str) for c in columns)):
+        raise BadRequest(f"{DF_SPLIT}.columns must be a list of strings")
+    width = len(columns) if columns is not None else (len(data[0]) if data else 0)
+    if any(len(row) != width for row in data):
+        raise BadRequest(f"every row of {DF_SPLIT}.data must have {width} values")
+    return pd.DataFrame(data, columns=columns if columns is not None else range(width))
+
+
+def _from_records(value: Any) -> pd.DataFrame:
+    if not isinstance(value, list) or not all(isinstance(r, dict) for r in value):
+        raise BadRequest(f"{DF_RECORDS} must be a list of objects, got {_kind(value)}")
+    return pd.DataFrame.from_records(value) if value else pd.DataFrame()
+
+
+def _from_instances(value: Any) -> pd.DataFrame:
+    if isinstance(value, list) and all(isinstance(r, dict) for r in value):
+        return _from_records(value)
+    raise BadRequest(
+        f"{INSTANCES} must be a list of objects (one per record); tensor input is not served by "
+        f"tabular models, send {DF_SPLIT} instead"
+    )
+
+
+def _from_inputs(value: Any) -> pd.DataFrame:
+    if isinstance(value, list):
+        if all(isinstance(r, dict) for r in value):
+            return _from_records(value)
+        raise BadRequest(f"{INPUTS} as a list must hold objects (one per record)")
+    if not isinstance(value, dict):
+        raise BadRequest(f"{INPUTS} must be an object of columns or a list of records, got {_kind(value)}")
+    lists = [isinstance(v, list) for v in value.values()]
+    if all(lists):
+        lengths = {len(v) for v in value.values()}
+        if len(lengths) > 1:
+            raise BadRequest(f"the columns of {INPUTS} must all have the same length, got {sorted(lengths)}")
+        return pd.DataFrame(value)
+    if not any(lists):
+        return pd.DataFrame([value])
+    raise BadRequest(f"{INPUTS} must give every column as a list, or every column as one value")
+
+
+_FRAMERS: dict[str, Callable[[Any], pd.DataFrame]] = {
+    DF_SPLIT: _from_split,
+    DF_RECORDS: _from_records,
+    INSTANCES: _from_instances,
+    INPUTS: _from_inputs,
+}
+
+
+def _kind(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", type(None): "null"}.get(
+        type(value), type(value).__name__
+    )
