@@ -98,7 +98,9 @@ def fraud_probability(tx: pd.DataFrame, customer: pd.DataFrame) -> np.ndarray:
     return np.asarray(1.0 / (1.0 + np.exp(-logit)))
 
 
-def request_bodies(customers: pd.DataFrame, n: int, seed: int = 11, records_per_request: int = 1) -> list[bytes]:
+def request_bodies(
+    customers: pd.DataFrame, n: int, seed: int = 11, records_per_request: int = 1, prefix: str = "demo"
+) -> list[bytes]:
     """Scoring requests as ``dataframe_records`` bodies carrying only request-time fields."""
     rng = np.random.default_rng(seed)
     bodies = []
@@ -114,5 +116,5 @@ def request_bodies(customers: pd.DataFrame, n: int, seed: int = 11, records_per_
             }
             for c in rows.itertuples()
         ]
-        bodies.append(json.dumps({"dataframe_records": records, "client_request_id": f"demo-{i}"}).encode())
+        bodies.append(json.dumps({"dataframe_records": records, "client_request_id": f"{prefix}-{i}"}).encode())
     return bodies

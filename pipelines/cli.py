@@ -7,6 +7,7 @@ print one clear message and exit 2; anything else is a bug and keeps its traceba
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -16,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from lakeserve.errors import LakeserveError
+from lakeserve.errors import ConfigError, LakeserveError
 from lakeserve.pipelines.settings import Settings, load_settings
 
 Handler = Callable[[Settings, argparse.Namespace], int]
@@ -24,6 +25,7 @@ Handler = Callable[[Settings, argparse.Namespace], int]
 
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -64,6 +66,34 @@ def build_parser() -> argparse.ArgumentParser:
         _demo,
         "the main job: stack up, demo data, models, features, and a summary",
         [(["--keep-up"], {"action": "store_true", "help": "leave the stack running afterwards"})],
+    )
+    _add(
+        sub,
+        "serve",
+        _serve,
+        "run the scoring service: N workers in one consumer group, restarted if they die",
+        [(["--workers"], {"type": int, "default": 1, "help": "worker processes (default 1)"})],
+    )
+    endpoint = sub.add_parser("endpoint", help="update or inspect the running endpoint").add_subparsers(
+        title="endpoint commands", metavar="COMMAND"
+    )
+    _add(
+        endpoint,
+        "update",
+        _endpoint_update,
+        "validate an endpoint config (YAML) and hand it to the running workers; they swap with no downtime",
+        [(["file"], {"type": Path, "help": "endpoint YAML (the endpoint itself or a settings file)"})],
+    )
+    _add(endpoint, "status", _endpoint_status, "what the workers last did with an update, and what they serve")
+    tables = sub.add_parser("tables", help="maintain Delta tables").add_subparsers(
+        title="tables commands", metavar="COMMAND"
+    )
+    _add(
+        tables,
+        "optimize",
+        _tables_optimize,
+        "compact, checkpoint and vacuum the inference table",
+        [(["--retention-hours"], {"type": int, "default": 168, "help": "vacuum files older than this"})],
     )
     config = sub.add_parser("config", help="inspect settings").add_subparsers(
         title="config commands", metavar="COMMAND"
@@ -131,6 +161,51 @@ def _demo(settings: Settings, args: argparse.Namespace) -> int:
 
     report = run_demo(settings, keep_up=args.keep_up)
     print(format_report(report, settings))
+    return 0
+
+
+def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    from lakeserve.pipelines.workers import Supervisor
+
+    if args.workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {args.workers}")
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    signal.signal(signal.SIGINT, lambda *_: stopped.set())
+    print(
+        f"lakeserve: serving endpoint {settings.endpoint.name} with {args.workers} worker(s) on "
+        f"{settings.kafka.requests_topic}; Ctrl-C stops",
+        flush=True,
+    )
+    Supervisor(settings, args.workers).run(stopped)
+    print("lakeserve: service stopped", flush=True)
+    return 0
+
+
+def _endpoint_update(settings: Settings, args: argparse.Namespace) -> int:
+    from lakeserve.pipelines.updates import publish, read_endpoint_file
+
+    endpoint = read_endpoint_file(args.file)
+    if endpoint.name != settings.endpoint.name:
+        raise ConfigError(f"endpoint file names {endpoint.name!r}, the service runs {settings.endpoint.name!r}")
+    path = publish(endpoint, settings.stack.state_dir, settings.mlflow)
+    print(f"published {path}; running workers load it in the background and swap between micro-batches")
+    return 0
+
+
+def _endpoint_status(settings: Settings, args: argparse.Namespace) -> int:
+    from lakeserve.pipelines.updates import read_status
+
+    status = read_status(settings.stack.state_dir, settings.endpoint.name)
+    print(json.dumps(status, indent=2) if status else "no update has been applied or refused yet")
+    return 0
+
+
+def _tables_optimize(settings: Settings, args: argparse.Namespace) -> int:
+    from lakeserve.monitoring.table_maintenance import optimize_table
+
+    report = optimize_table(settings.inference_table_uri, retention_hours=args.retention_hours)
+    print(report)
     return 0
 
 

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from lakeserve.jobs.demo import DemoReport
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 TEST_OVERRIDES = {
     "kafka": {"bootstrap_servers": ["127.0.0.1:19092"], "session_timeout_ms": 6000},

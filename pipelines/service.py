@@ -1,0 +1,121 @@
+"""Wiring of one scoring worker from the settings tree: the only place that knows every part.
+
+``build_worker`` loads the served models, opens Feast and the inference table (declaring its
+schema from the models' signatures and the feature services), and composes the delivery loop
+(:mod:`lakeserve.pipelines.checkpoint`) with the Kafka source and sink. ``run_worker`` runs it
+until a stop event, with the endpoint updater watching in a background thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from lakeserve.errors import ConfigError
+from lakeserve.features.feast_lookup import FeastFeatureLookup
+from lakeserve.features.store import feature_store
+from lakeserve.monitoring.delta_writer import DeltaInferenceWriter, InferenceTableWriter
+from lakeserve.monitoring.row_buffer import RowBuffer
+from lakeserve.monitoring.table_schema import inference_schema
+from lakeserve.pipelines.checkpoint import DeliveryLoop, TableTarget
+from lakeserve.pipelines.kafka_sinks import KafkaResponseSink
+from lakeserve.pipelines.kafka_source import KafkaRequestSource, RebalanceHandler
+from lakeserve.pipelines.settings import Settings
+from lakeserve.pipelines.updates import EndpointUpdater
+from lakeserve.scoring.core import ScoringCore
+from lakeserve.scoring.models import MlflowServedModel, ServedModel, model_summary
+from lakeserve.scoring.settings import EndpointSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Worker:
+    loop: DeliveryLoop
+    core: ScoringCore
+    updater: EndpointUpdater
+
+
+def load_models(settings: Settings, endpoint: EndpointSettings) -> dict[str, ServedModel]:
+    return {e.name: MlflowServedModel.load(e, settings.mlflow) for e in endpoint.served_entities}
+
+
+def table_schema(models: Mapping[str, ServedModel], lookup: FeastFeatureLookup) -> pa.Schema:
+    """Inference-table columns for these models: entity keys, model inputs, features, predictions."""
+    inputs: dict[str, pa.DataType] = {}
+    predictions: dict[str, pa.DataType] = {}
+    for model in models.values():
+        if model.feature_service is not None:
+            for key, key_type in lookup.key_types(model.feature_service).items():
+                inputs.setdefault(key, key_type or pa.string())
+            for name, type_ in lookup.feature_types(model.feature_service).items():
+                inputs.setdefault(name, type_ or pa.string())
+        for f in model.input_schema or []:
+            inputs.setdefault(f.name, f.type)
+        for f in model.output_schema or []:
+            predictions.setdefault(f.name, f.type)
+    return inference_schema(inputs, predictions)
+
+
+def build_worker(settings: Settings, *, endpoint: EndpointSettings | None = None) -> Worker:
+    endpoint = endpoint or settings.endpoint
+    lookup = FeastFeatureLookup(feature_store(settings.feast))
+    models = load_models(settings, endpoint)
+    core = ScoringCore(endpoint, models, lookup)
+    writer = DeltaInferenceWriter(settings.inference_table_uri)
+    target = _target(endpoint, writer, table_schema(models, lookup))
+    updater = EndpointUpdater(
+        endpoint,
+        models,
+        settings.stack.state_dir,
+        settings.mlflow,
+        lambda entity: MlflowServedModel.load(entity, settings.mlflow),
+    )
+
+    def before_batch() -> None:
+        update = updater.take_pending()
+        if update is None:
+            return
+        try:
+            new_target = _target(update.endpoint, writer, table_schema(update.models, lookup))
+            retired = core.swap(update.models, update.endpoint).models
+        except ConfigError as exc:
+            log.error("endpoint update refused, old config keeps serving: %s", exc)
+            return
+        loop.target = new_target
+        updater.applied(update, retired)
+        log.info("endpoint %s now serves %s", update.endpoint.name, model_summary(update.models))
+
+    def make_source(handler: RebalanceHandler) -> KafkaRequestSource:
+        return KafkaRequestSource(settings.kafka, endpoint.limits, handler)
+
+    loop = DeliveryLoop(
+        make_source,
+        core.score,
+        KafkaResponseSink(settings.kafka, endpoint.limits.max_request_bytes),
+        writer,
+        target,
+        RowBuffer.from_settings(settings.tables, time.monotonic),
+        settings.kafka.group_id,
+        before_batch=before_batch,
+    )
+    return Worker(loop, core, updater)
+
+
+def _target(endpoint: EndpointSettings, writer: InferenceTableWriter, schema: pa.Schema) -> TableTarget:
+    cap = endpoint.auto_capture_config
+    return TableTarget(writer.ensure(schema), endpoint.name, cap.sampling_fraction, cap.payload_cap_bytes)
+
+
+def run_worker(settings: Settings, stop: threading.Event) -> None:
+    """Build a worker and run its loop until ``stop``; the updater watches in the background."""
+    worker = build_worker(settings)
+    log.info("worker serving %s in group %s", model_summary(worker.core.table.models), settings.kafka.group_id)
+    watcher = threading.Thread(target=worker.updater.watch, args=(stop,), name="endpoint-updater", daemon=True)
+    watcher.start()
+    worker.loop.run(stop)

@@ -1,0 +1,193 @@
+"""Zero-downtime endpoint updates: new models load in the background, the swap happens between
+micro-batches, and a failed load leaves the old config serving.
+
+Two things trigger an update:
+
+* ``lakeserve endpoint update FILE`` validates the new endpoint, checks that every version it
+  names resolves in the registry, and writes it to the endpoint's control file
+  (``<state_dir>/endpoints/<name>.yaml``, replaced atomically);
+* an alias moved in the MLflow registry (``champion`` now names another version).
+
+Every worker polls both every ``poll_interval_s``. It loads only models whose version changed,
+reuses the others, and hands the result to the delivery loop, which swaps it in before its next
+micro-batch. The outcome (applied, or failed and why) is written to the control file's
+``.status.json`` beside it, which ``lakeserve endpoint status`` and tests read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import yaml
+from pydantic import ValidationError
+
+from lakeserve.errors import ConfigError, LakeserveError
+from lakeserve.pipelines.settings import format_validation_error
+from lakeserve.scoring.models import ServedModel, resolve_version
+from lakeserve.scoring.settings import EndpointSettings, MlflowSettings, ServedEntity
+
+log = logging.getLogger(__name__)
+
+Loader = Callable[[ServedEntity], ServedModel]
+
+
+@dataclass(frozen=True)
+class Update:
+    endpoint: EndpointSettings
+    models: Mapping[str, ServedModel]
+
+
+def control_file(state_dir: Path, endpoint_name: str) -> Path:
+    return state_dir / "endpoints" / f"{endpoint_name}.yaml"
+
+
+def read_endpoint_file(path: Path) -> EndpointSettings:
+    """An endpoint config from YAML: either the endpoint itself or a settings file's ``endpoint``."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read endpoint file {path}: {exc}") from None
+    if isinstance(data, dict) and "endpoint" in data:
+        data = data["endpoint"]
+    if isinstance(data, dict) and "config" in data:  # the Databricks REST shape {name, config: {...}}
+        data = {"name": data.get("name"), **data["config"]}
+    try:
+        return EndpointSettings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, path).replace("invalid settings", "invalid endpoint")) from None
+
+
+def publish(endpoint: EndpointSettings, state_dir: Path, mlflow: MlflowSettings) -> Path:
+    """Validate ``endpoint`` against the registry and write it where running workers look."""
+    for entity in endpoint.served_entities:
+        resolve_version(entity, mlflow)  # ConfigError now rather than a failed load later
+    path = control_file(state_dir, endpoint.name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".yaml.tmp")
+    tmp.write_text(yaml.safe_dump(endpoint.model_dump(mode="json"), sort_keys=False))
+    os.replace(tmp, path)
+    return path
+
+
+def read_status(state_dir: Path, endpoint_name: str) -> dict[str, object] | None:
+    path = control_file(state_dir, endpoint_name).with_suffix(".status.json")
+    try:
+        return dict(json.loads(path.read_text()))
+    except (OSError, ValueError):
+        return None
+
+
+class EndpointUpdater:
+    """Watches the control file and the registry; prepares updates off the scoring thread."""
+
+    def __init__(
+        self,
+        endpoint: EndpointSettings,
+        models: Mapping[str, ServedModel],
+        state_dir: Path,
+        mlflow: MlflowSettings,
+        loader: Loader,
+        poll_interval_s: float = 2.0,
+    ) -> None:
+        self.current = Update(endpoint, dict(models))
+        self.state_dir, self.mlflow, self.loader, self.poll_interval_s = state_dir, mlflow, loader, poll_interval_s
+        self._file_stamp = self._stamp()
+        self._pending: Update | None = None
+        self._lock = threading.Lock()
+
+    def take_pending(self) -> Update | None:
+        """The prepared update, if any (called by the delivery loop between micro-batches)."""
+        with self._lock:
+            update, self._pending = self._pending, None
+        return update
+
+    def applied(self, update: Update, retired: Mapping[str, ServedModel]) -> None:
+        """Record the swap and unload the models the new config no longer uses."""
+        in_use = {id(m) for m in update.models.values()}
+        for model in retired.values():
+            if id(model) not in in_use:
+                model.unload()
+        self.current = update
+        self._write_status("applied", None)
+
+    def watch(self, stop: threading.Event) -> None:
+        """Poll until ``stop``; run it in a daemon thread."""
+        while not stop.wait(self.poll_interval_s):
+            try:
+                self.check()
+            except Exception as exc:  # keep watching; the old config keeps serving
+                log.exception("endpoint update check failed")
+                self._write_status("failed", f"{type(exc).__name__}: {exc}")
+
+    def check(self) -> Update | None:
+        """Prepare an update if the control file or an alias changed; returns it (or None)."""
+        endpoint = self._wanted_endpoint()
+        if endpoint is None:
+            return None
+        try:
+            update = Update(endpoint, self._load(endpoint))
+        except LakeserveError as exc:
+            log.error("endpoint update refused, old config keeps serving: %s", exc)
+            self._write_status("failed", str(exc))
+            return None
+        with self._lock:
+            self._pending = update
+        return update
+
+    def _wanted_endpoint(self) -> EndpointSettings | None:
+        stamp = self._stamp()
+        if stamp != self._file_stamp:
+            self._file_stamp = stamp
+            try:
+                return read_endpoint_file(control_file(self.state_dir, self.current.endpoint.name))
+            except ConfigError as exc:
+                self._write_status("failed", str(exc))
+                return None
+        endpoint = self.current.endpoint
+        moved = [
+            e
+            for e in endpoint.served_entities
+            if e.alias and resolve_version(e, self.mlflow) != self.current.models[e.name].model_version
+        ]
+        return endpoint if moved else None
+
+    def _load(self, endpoint: EndpointSettings) -> dict[str, ServedModel]:
+        models: dict[str, ServedModel] = {}
+        for entity in endpoint.served_entities:
+            old = self.current.models.get(entity.name)
+            same = (
+                old is not None
+                and old.model_name == entity.entity_name
+                and old.model_version == resolve_version(entity, self.mlflow)
+                and self.current.endpoint.entity(entity.name).workload_type == entity.workload_type
+            )
+            models[entity.name] = old if same and old is not None else self.loader(entity)
+        return models
+
+    def _stamp(self) -> tuple[int, int] | None:
+        try:
+            st = control_file(self.state_dir, self.current.endpoint.name).stat()
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size)
+
+    def _write_status(self, state: str, error: str | None) -> None:
+        path = control_file(self.state_dir, self.current.endpoint.name).with_suffix(".status.json")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        status = {
+            "state": state,
+            "error": error,
+            "at": datetime.now(UTC).isoformat(),
+            "pid": os.getpid(),
+            "serving": {n: f"{m.model_name}/{m.model_version}" for n, m in self.current.models.items()},
+        }
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(status))
+        os.replace(tmp, path)

@@ -1,0 +1,132 @@
+"""Helpers for the streaming-service tests against the real broker, Feast, MLflow and Delta.
+
+Each test gets its own topics, consumer group and inference table (``service_settings``), so
+tests share the one broker of the session without seeing each other's records.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+import pytest
+from deltalake import DeltaTable
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from lakeserve.pipelines.embedded.kafka import ensure_topics
+from lakeserve.pipelines.service import Worker, build_worker
+from lakeserve.pipelines.settings import Settings
+
+
+def settings_for(base: Settings, name: str, **endpoint: Any) -> Settings:
+    """Settings with topics, group and table of their own; endpoint fields overridden by ``endpoint``."""
+    kafka = base.kafka.model_copy(
+        update={
+            "requests_topic": f"t.{name}.requests",
+            "responses_topic": f"t.{name}.responses",
+            "dead_letter_topic": f"t.{name}.dead-letters",
+            "group_id": f"g-{name}",
+        }
+    )
+    capture = base.endpoint.auto_capture_config.model_copy(update={"table_name_prefix": name.replace("-", "_")})
+    ep = base.endpoint.model_copy(update={"auto_capture_config": capture, **endpoint})
+    tables = base.tables.model_copy(update={"flush_rows": 200, "flush_interval_ms": 300})
+    s = base.model_copy(update={"kafka": kafka, "endpoint": ep, "tables": tables})
+    ensure_topics(s.kafka)
+    return s
+
+
+@dataclass
+class Answer:
+    key: bytes | None
+    body: dict[str, Any]
+    headers: dict[str, str]
+    partition: int
+    offset: int
+
+
+def produce(settings: Settings, bodies: list[bytes], keys: list[bytes] | None = None, topic: str | None = None) -> None:
+    producer = KafkaProducer(**settings.kafka.client_options(), linger_ms=5, max_request_size=20 * 1024 * 1024)
+    for i, body in enumerate(bodies):
+        producer.send(topic or settings.kafka.requests_topic, value=body, key=keys[i] if keys else str(i).encode())
+    producer.flush()
+    producer.close()
+
+
+def read_topic(
+    settings: Settings, topic: str, until: Callable[[list[Answer]], bool], timeout_s: float = 90
+) -> list[Answer]:
+    """Every message of ``topic`` from the beginning until ``until(messages)``; fails at the deadline."""
+    consumer = KafkaConsumer(
+        **settings.kafka.client_options(),
+        enable_auto_commit=False,
+        fetch_max_bytes=50 * 1024 * 1024,
+        max_partition_fetch_bytes=20 * 1024 * 1024,
+    )
+    parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+    consumer.assign(parts)
+    consumer.seek_to_beginning(*parts)
+    seen: list[Answer] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while not until(seen):
+            if time.monotonic() > deadline:
+                pytest.fail(f"{topic}: condition not met in {timeout_s} s after {len(seen)} messages")
+            for tp, records in consumer.poll(timeout_ms=200).items():
+                for r in records:
+                    headers = {k: v.decode() for k, v in r.headers or []}
+                    body = json.loads(r.value) if topic != settings.kafka.dead_letter_topic else {"raw": r.value}
+                    seen.append(Answer(r.key, body, headers, tp.partition, r.offset))
+    finally:
+        consumer.close()
+    return seen
+
+
+def answers_for(settings: Settings, request_count: int, timeout_s: float = 120) -> dict[str, Answer]:
+    """Answers by request id once ``request_count`` distinct requests are answered."""
+    seen = read_topic(
+        settings,
+        settings.kafka.responses_topic,
+        lambda a: len({x.headers["request-id"] for x in a}) >= request_count,
+        timeout_s,
+    )
+    return {a.headers["request-id"]: a for a in seen}
+
+
+def table_rows(settings: Settings) -> pd.DataFrame:
+    return DeltaTable(settings.inference_table_uri).to_pandas()
+
+
+@contextmanager
+def running(settings: Settings) -> Iterator[Worker]:
+    """One worker in a thread of this process, ready once the group has assigned it partitions."""
+    worker = build_worker(settings)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            worker.loop.run(stop)
+        except BaseException as exc:  # surfaced to the test below
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, name=f"worker-{uuid.uuid4().hex[:6]}", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not worker.loop.logged and not errors:
+        assert time.monotonic() < deadline, "the worker was not assigned partitions in 60 s"
+        threading.Event().wait(0.05)
+    try:
+        yield worker
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+        if errors:
+            raise errors[0]
