@@ -16,9 +16,11 @@
    (Databricks Feature Serving's rule) when the request gives a non-null value for it; a
    null or absent field leaves the looked-up value. The input is checked against the model's
    signature (:func:`~lakeserve.scoring.models.conform`): a bad record is a 400 of its own;
-5. ONE ``predict`` per served entity over all its records. A model that raises fails only its
-   own records (``MODEL_ERROR``, 500). Records past ``limits.timeout_s`` since ``received_at``
-   are ``TIMEOUT`` (504), checked before and after the model;
+5. ONE ``predict`` per served entity over all its records. If the model raises, the batch is
+   split in halves and retried down to single records, so only the records the model cannot
+   score fail (``MODEL_ERROR``, 500) and the rest of the batch is answered. Records past
+   ``limits.timeout_s`` since ``received_at`` are ``TIMEOUT`` (504), checked before and after
+   the model;
 6. answer: ``{"predictions": [...]}`` (a scalar per record for one output, an object per
    record for several) when every answered record succeeded. Otherwise the request answers
    with its first failing record's status and ``{"error_code", "message"}``, as MLflow's
@@ -246,16 +248,13 @@ class ScoringCore:
         if not ok:
             return 0.0
         start = time.perf_counter()
-        try:
-            out = model.predict(conformed.frame.iloc[ok].reset_index(drop=True))
-            predictions = _predictions(out, len(ok))
-        except Exception as exc:  # the model is user code: wrapped where it enters
-            for i in ok:
-                todo[i].fail(ModelError(f"served entity {model.name!r} failed: {type(exc).__name__}: {exc}"))
-            return (time.perf_counter() - start) * 1000
+        outcomes = _predict_isolating(model, conformed.frame)
         elapsed = (time.perf_counter() - start) * 1000
-        for i, prediction in zip(ok, predictions, strict=True):
-            todo[i].record.prediction, todo[i].record.execution_time_ms = prediction, elapsed
+        for i, outcome in zip(ok, outcomes, strict=True):
+            if isinstance(outcome, ModelError):
+                todo[i].fail(outcome)
+            else:
+                todo[i].record.prediction, todo[i].record.execution_time_ms = outcome, elapsed
         self._expire([todo[i] for i in ok])
         return elapsed
 
@@ -265,6 +264,19 @@ class ScoringCore:
             if not it.done and now > it.deadline:
                 it.record.prediction = None
                 it.fail(ScoringTimeout(f"record not scored within {self._table.endpoint.limits.timeout_s} s"))
+
+
+def _predict_isolating(model: ServedModel, frame: pd.DataFrame) -> list[Any]:
+    """One prediction (or ModelError) per row. If the batch raises, its halves are retried, down
+    to single rows, so one poison record fails alone instead of taking its batch with it."""
+    try:
+        return _predictions(model.predict(frame), len(frame))
+    except Exception as exc:  # the model is user code: wrapped where it enters
+        if len(frame) == 1:
+            return [ModelError(f"served entity {model.name!r} failed: {type(exc).__name__}: {exc}")]
+    half = len(frame) // 2
+    return [*_predict_isolating(model, frame.iloc[:half].reset_index(drop=True)),
+            *_predict_isolating(model, frame.iloc[half:].reset_index(drop=True))]
 
 
 def _copies(entity: str, router: Router) -> list[tuple[str, bool]]:

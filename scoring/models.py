@@ -73,7 +73,8 @@ class ServedModel(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Conformed:
-    """An input frame checked against a schema: the frame (cast) and one error or None per row."""
+    """An input frame checked against a schema: one error or None per input row, and the rows
+    without error (in order, index reset) cast to the schema's types, ready to predict."""
 
     frame: pd.DataFrame
     errors: list[InvalidInput | None]
@@ -82,7 +83,7 @@ class Conformed:
 def conform(frame: pd.DataFrame, schema: pa.Schema | None) -> Conformed:
     """Check every row of ``frame`` against ``schema``; keep only the schema's columns, cast."""
     if schema is None:
-        return Conformed(frame=frame, errors=[None] * len(frame))
+        return Conformed(frame=frame.reset_index(drop=True), errors=[None] * len(frame))
     errors: list[InvalidInput | None] = [None] * len(frame)
     columns: dict[str, pd.Series[Any]] = {}
     for f in schema:
@@ -94,7 +95,7 @@ def conform(frame: pd.DataFrame, schema: pa.Schema | None) -> Conformed:
     good = np.array([e is None for e in errors], dtype=np.bool_)
     out = pd.DataFrame(columns, index=frame.index)
     cast = pd.DataFrame({f.name: _cast(out[f.name][good], f.type) for f in schema})
-    return Conformed(frame=cast.reindex(out.index), errors=errors)
+    return Conformed(frame=cast.reset_index(drop=True), errors=errors)
 
 
 def _bad_rows(column: pd.Series[Any], f: pa.Field, present: bool) -> pd.Series[bool]:

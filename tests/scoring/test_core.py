@@ -254,3 +254,37 @@ def test_timings_and_client_request_id() -> None:
     assert result.timings.parse_ms > 0
     assert result.timings.model_ms > 0
     assert result.records[0].execution_time_ms == result.timings.model_ms
+
+
+def test_poison_record_fails_alone_and_its_batch_is_answered() -> None:
+    clock = ManualClock()
+
+    def picky(frame: pd.DataFrame) -> pd.Series:  # type: ignore[type-arg]
+        if (frame["amount"] < 0).any():
+            raise ValueError("negative amount")
+        return frame["amount"] * 2
+
+    model = FakeServedModel(name="a", fn=picky, feature_service="fs", entity_keys=["customer_id"])
+    core = ScoringCore(endpoint([("a", 100)]), {"a": model}, lookup(), clock=clock.now)
+    amounts = [1.0, 2.0, -1.0, 3.0, 4.0, 5.0, 6.0]
+    batch = [request(records({"customer_id": 1, "amount": a}), clock, f"r{i}") for i, a in enumerate(amounts)]
+    results = core.score(batch)
+    assert [r.status_code for r in results] == [200, 200, 500, 200, 200, 200, 200]
+    assert answer(results[2])["error_code"] == "MODEL_ERROR"
+    assert "negative amount" in answer(results[2])["message"]
+    assert [answer(r)["predictions"] for r in results if r.ok] == [[2.0], [4.0], [6.0], [8.0], [10.0], [12.0]]
+
+
+def test_valid_rows_keep_integer_types_beside_invalid_ones() -> None:
+    """A bad row must not turn the good rows' integer column into floats (models refuse that)."""
+    import pyarrow as pa
+
+    clock = ManualClock()
+    schema = pa.schema([pa.field("customer_id", pa.int64()), pa.field("hour", pa.int64())])
+    model = FakeServedModel(name="a", fn=lambda f: f["hour"] * 1, input_schema=schema, feature_service="fs",
+                            entity_keys=["customer_id"])
+    core = ScoringCore(endpoint([("a", 100)]), {"a": model}, lookup(), clock=clock.now)
+    batch = [request(records({"customer_id": 1, "hour": h}), clock, f"r{i}") for i, h in enumerate([3, "late", 5])]
+    results = core.score(batch)
+    assert [r.status_code for r in results] == [200, 400, 200]
+    assert str(model.seen[0]["hour"].dtype) == "int64"

@@ -1,0 +1,22 @@
+"""A small MLflow model for tests of failure paths, shipped so any process can load it.
+
+``GuardedModel`` scores like a tiny logistic model over the demo's inputs and raises on a
+negative ``amount``, the way a user's model raises on input it was never meant to see.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from mlflow.pyfunc.model import PythonModel
+
+
+class GuardedModel(PythonModel):
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        amount = model_input["amount"].astype(float)
+        if (amount < 0).any():
+            raise ValueError("amount must not be negative")
+        probability = 1.0 / (1.0 + np.exp(-(np.log1p(amount) - 5.0)))
+        return pd.DataFrame({"prediction": (probability >= 0.5).astype("int64"), "probability": probability})
