@@ -97,7 +97,7 @@ def test_every_bad_input_is_answered_dead_lettered_and_logged(stack: Settings, g
         worker.loop.flush()
 
     by_key = {a.key: a for a in answers.values()}
-    for i, (name, raw, status, code) in enumerate(CASES):
+    for i, (name, _raw, status, code) in enumerate(CASES):
         a = by_key[keys[i]]
         assert a.headers["status"] == str(status), (name, a.body)
         assert a.body["error_code"] == code, (name, a.body)
@@ -119,7 +119,7 @@ def test_every_bad_input_is_answered_dead_lettered_and_logged(stack: Settings, g
     rows = table_rows(settings)
     assert len(rows) == len(bodies)  # one row per request here: every request had one record
     logged = rows.set_index("request_id")
-    for i, (name, raw, status, code) in enumerate(CASES):
+    for i, (name, _raw, status, code) in enumerate(CASES):
         row = logged.loc[by_key[keys[i]].headers["request-id"]]
         assert row["status_code"] == status, name
         assert row["error_code"] == code, name
