@@ -1,0 +1,279 @@
+"""The monitor job: profile and drift metrics of the inference table, incremental, upserted by MERGE.
+
+Steps of one run (each logged):
+
+1. read the inference table (rows with status 200 unless ``include_errors``), join late labels;
+2. fingerprint every (granularity, window, model): row count and a hash sum of the monitored
+   values and labels, plus a hash of the monitor settings and the baseline's Delta version;
+3. compare with the fingerprints stored in ``<prefix>_profile_metrics``; only new or changed
+   windows are profiled, and their drift (and the consecutive drift of the window after
+   them) recomputed; nothing changed → nothing is written;
+4. MERGE the profile rows, then the drift rows, keyed as docs/monitoring.md lists;
+5. an Evidently report for each model's latest window (first granularity), when that window
+   was recomputed, referenced from its drift rows; disagreements are logged and returned.
+
+Entry point: ``python -m lakeserve.jobs.monitor --config lakeserve.yaml [--full-refresh]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lakeserve.jobs.monitor_steps import (
+    MonitorTables,
+    RunContext,
+    attach_evidently,
+    drift_rows,
+    finish_rows,
+    write_drift,
+    write_profile,
+)
+from lakeserve.jobs.settings import MonitorSettings
+from lakeserve.monitoring import drift_pairs as dp
+from lakeserve.monitoring import metrics_tables as mt
+from lakeserve.monitoring import profile as pf
+from lakeserve.monitoring.windows import parse_granularity
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+    from lakeserve.pipelines.settings import Settings
+
+log = logging.getLogger("lakeserve.jobs.monitor")
+
+
+@dataclass(frozen=True, slots=True)
+class DriftFlag:
+    granularity: str
+    window_start: datetime
+    model_id: str
+    slice_key: str | None
+    slice_value: str | None
+    column_name: str
+    drift_type: str
+
+
+@dataclass(slots=True)
+class MonitorSummary:
+    windows_total: int = 0
+    windows_processed: int = 0
+    profile_rows: int = 0
+    drift_rows: int = 0
+    flags: list[DriftFlag] = field(default_factory=list)
+    reports: list[str] = field(default_factory=list)
+    disagreements: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def run_monitor(
+    spark: SparkSession, cfg: MonitorSettings, tables: MonitorTables, *, full_refresh: bool = False
+) -> MonitorSummary:
+    """Run the monitor once; see the module docstring for the steps."""
+    began = time.monotonic()
+    summary = MonitorSummary()
+    base, columns = _load(spark, cfg, tables)
+    run = RunContext(spark, cfg, tables, {g: parse_granularity(g) for g in cfg.granularities}, columns)
+    windowed = pf.with_windows(base, list(run.grans.values())).withColumn(dp.WS, _ws())
+    current = _fingerprints(windowed, _config_hash(run))
+    stored = {} if full_refresh else mt.stored_fingerprints(spark, tables.profile)
+    changed = [k for k, fp in current.items() if stored.get(k) != fp]
+    summary.windows_total = len(current)
+    log.info("monitor: %d windows, %d new or changed", len(current), len(changed))
+    if changed:
+        plan = dp.plan_windows(current, changed, run.grans)
+        _process(run, windowed, plan, current, summary)
+    summary.seconds = time.monotonic() - began
+    log.info("monitor: done in %.1f s, %d drifted pairs", summary.seconds, len(summary.flags))
+    return summary
+
+
+def _ws() -> Any:
+    from pyspark.sql import functions as sf
+
+    return sf.unix_seconds("window_start")
+
+
+def _process(
+    run: RunContext,
+    windowed: DataFrame,
+    plan: dp.WindowPlan,
+    fps: dict[mt.WindowKey, str],
+    summary: MonitorSummary,
+) -> None:
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as sf
+
+    needed = sf.broadcast(dp.keys_frame(run.spark, plan.needed))
+    expanded = pf.with_slices(
+        windowed.join(needed, ["granularity", dp.WS, "model_id"]), run.cfg.slicing_exprs
+    )
+    expanded = expanded.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        changed = sf.broadcast(dp.keys_frame(run.spark, plan.changed))
+        log.info("monitor: step 1/3 profile of %d windows", len(plan.changed))
+        summary.profile_rows = write_profile(
+            run, expanded.join(changed, ["granularity", dp.WS, "model_id"]), fps
+        )
+        log.info("monitor: step 2/3 drift of %d windows", len(plan.targets))
+        rows = drift_rows(run, expanded, plan)
+        if run.cfg.evidently:
+            log.info("monitor: step 3/3 Evidently reports")
+            summary.reports, summary.disagreements = attach_evidently(
+                run, windowed, plan, _latest(run, fps), rows
+            )
+        rows = finish_rows(run, rows, plan)
+        write_drift(run, rows)
+        summary.windows_processed = len(plan.changed)
+        summary.drift_rows = len(rows)
+        summary.flags = sorted((_flag(r) for r in rows if r["drift_detected"]), key=_flag_order)
+    finally:
+        expanded.unpersist()
+
+
+def _latest(run: RunContext, fps: dict[mt.WindowKey, str]) -> list[mt.WindowKey]:
+    """Each model's latest window of the first granularity."""
+    first = run.cfg.granularities[0]
+    latest: dict[str, int] = {}
+    for g, ws, model in fps:
+        if g == first:
+            latest[model] = max(ws, latest.get(model, ws))
+    return [(first, ws, model) for model, ws in sorted(latest.items())]
+
+
+def _flag_order(f: DriftFlag) -> tuple[str, str, datetime, str, str, str]:
+    return (f.drift_type, f.granularity, f.window_start, f.model_id, f.slice_key or "", f.column_name)
+
+
+def _load(spark: SparkSession, cfg: MonitorSettings, tables: MonitorTables) -> tuple[DataFrame, pf.Columns]:
+    from pyspark.sql import functions as sf
+
+    df = _read_delta(spark, tables.inference)
+    columns = pf.monitored_columns(df.schema, cfg)
+    if not cfg.include_errors:
+        df = df.where(sf.col("status_code") == 200)
+    df = _with_labels(spark, df, cfg, tables)
+    proba = sf.col(f"`{cfg.prediction_proba_col}`") if cfg.prediction_proba_col else sf.lit(None)
+    model = sf.coalesce(sf.col(f"`{cfg.model_id_col}`").cast("string"), sf.lit(":unknown"))
+    hashed = [
+        sf.col("request_id"),
+        sf.col("record_index"),
+        sf.col(pf.LABEL),
+        *[sf.col(f"`{c}`") for c in columns.all],
+    ]
+    df = (
+        df.withColumn(pf.TS, sf.col(f"`{cfg.timestamp_col}`").cast("timestamp"))
+        .withColumn(pf.MODEL, model)
+        .withColumn(pf.PROBA, proba.cast("double"))
+        .withColumn(pf.ROW_HASH, sf.pmod(sf.xxhash64(*hashed), sf.lit(2_147_483_647)))
+    )
+    return df.where(sf.col(pf.TS).isNotNull()), columns
+
+
+def _with_labels(
+    spark: SparkSession, df: DataFrame, cfg: MonitorSettings, tables: MonitorTables
+) -> DataFrame:
+    from pyspark.sql import functions as sf
+
+    if cfg.label_col is None:
+        return df.withColumn(pf.LABEL, sf.lit(None).cast("string"))
+    if tables.labels is None:
+        return df.withColumn(pf.LABEL, sf.col(f"`{cfg.label_col}`"))
+    labels = (
+        _read_delta(spark, tables.labels)
+        .groupBy("request_id", "record_index")
+        .agg(sf.first(sf.col(f"`{cfg.label_col}`"), ignorenulls=True).alias(pf.LABEL))
+    )
+    return df.join(labels, ["request_id", "record_index"], "left")
+
+
+def _read_delta(spark: SparkSession, uri: str) -> DataFrame:
+    from lakeserve.errors import ComponentError
+
+    try:
+        return spark.read.format("delta").load(uri)
+    except Exception as exc:  # AnalysisException when missing or not Delta
+        raise ComponentError("delta", f"cannot read the Delta table at {uri}: {exc}") from exc
+
+
+def _config_hash(run: RunContext) -> str:
+    """Changes when the settings that shape the figures change (or the baseline gets a new version)."""
+    cfg = run.cfg.model_dump_json(exclude={"evidently", "evidently_max_rows"})
+    version = ""
+    if run.tables.baseline is not None:
+        from delta.tables import DeltaTable
+
+        last = DeltaTable.forPath(run.spark, run.tables.baseline).history(1).first()
+        version = str(last["version"]) if last is not None else ""
+    return hashlib.sha256(f"{cfg}|{run.tables.baseline}@{version}".encode()).hexdigest()[:12]
+
+
+def _fingerprints(windowed: DataFrame, config_hash: str) -> dict[mt.WindowKey, str]:
+    from pyspark.sql import functions as sf
+
+    rows = (
+        windowed.groupBy("granularity", dp.WS, "model_id")
+        .agg(sf.count(sf.lit(1)).alias("n"), sf.sum(pf.ROW_HASH).alias("h"))
+        .collect()
+    )
+    return {(r.granularity, int(r[dp.WS]), r.model_id): f"{r.n}:{r.h}:{config_hash}" for r in rows}
+
+
+def _flag(row: dict[str, Any]) -> DriftFlag:
+    return DriftFlag(
+        row["granularity"],
+        row["window_start"],
+        row["model_id"],
+        row["slice_key"],
+        row["slice_value"],
+        row["column_name"],
+        row["drift_type"],
+    )
+
+
+def run_from_settings(settings: Settings, *, full_refresh: bool = False) -> str:
+    """One monitor run over the endpoint's inference table; returns the printed summary."""
+    from lakeserve.jobs.spark import spark_session
+
+    tables = MonitorTables.beside(settings.inference_table_uri, settings.monitor)
+    spark = spark_session(settings.spark, ivy_dir=settings.stack.cache_dir / "ivy")
+    return format_summary(run_monitor(spark, settings.monitor, tables, full_refresh=full_refresh))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m lakeserve.jobs.monitor --config FILE [--full-refresh]``: one run, summary printed."""
+    from lakeserve.pipelines.settings import load_settings
+
+    parser = argparse.ArgumentParser(prog="lakeserve.jobs.monitor", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", type=Path, default=None, help="settings YAML (else $LAKESERVE_CONFIG)")
+    parser.add_argument("--full-refresh", action="store_true", help="recompute every window")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    print(run_from_settings(load_settings(args.config), full_refresh=args.full_refresh))
+    return 0
+
+
+def format_summary(s: MonitorSummary) -> str:
+    lines = [
+        f"windows: {s.windows_processed} processed of {s.windows_total}; "
+        f"rows written: {s.profile_rows} profile, {s.drift_rows} drift; {s.seconds:.1f} s",
+    ]
+    lines += [
+        f"DRIFT {f.drift_type:<11} {f.granularity} {f.window_start.astimezone(UTC):%Y-%m-%d %H:%M} "
+        f"{f.model_id} {f.column_name}" + (f" [{f.slice_key}={f.slice_value}]" if f.slice_key else "")
+        for f in s.flags
+    ]
+    lines += [f"report: {r}" for r in s.reports]
+    lines += [f"DISAGREE {d}" for d in s.disagreements]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

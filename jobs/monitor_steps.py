@@ -1,0 +1,312 @@
+"""The steps of one monitor run (profile, drift, Evidently), called by :mod:`lakeserve.jobs.monitor`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lakeserve.errors import ConfigError
+from lakeserve.monitoring import drift as dr
+from lakeserve.monitoring import drift_pairs as dp
+from lakeserve.monitoring import metrics_tables as mt
+from lakeserve.monitoring import profile as pf
+from lakeserve.monitoring import quality as ql
+from lakeserve.monitoring.windows import Granularity, shift_start
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+    from lakeserve.jobs.settings import MonitorSettings
+
+log = logging.getLogger("lakeserve.jobs.monitor")
+KEYS = ["granularity", dp.WS, "model_id", "slice_key", "slice_value"]
+
+
+@dataclass(frozen=True, slots=True)
+class MonitorTables:
+    """Where the job reads and writes: the inference table, the two metrics tables, the reports."""
+
+    inference: str
+    profile: str
+    drift: str
+    reports_dir: str
+    labels: str | None = None
+    baseline: str | None = None
+
+    @classmethod
+    def beside(cls, inference: str, cfg: MonitorSettings) -> MonitorTables:
+        """``<prefix>_profile_metrics`` etc. in the inference table's folder (prefix: the table name)."""
+        parent, name = inference.rstrip("/").rsplit("/", 1)
+        prefix = f"{parent}/{cfg.output_prefix or name}"
+        return cls(
+            inference,
+            f"{prefix}_profile_metrics",
+            f"{prefix}_drift_metrics",
+            f"{prefix}_evidently",
+            cfg.labels_table,
+            cfg.baseline_table,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RunContext:
+    spark: SparkSession
+    cfg: MonitorSettings
+    tables: MonitorTables
+    grans: dict[str, Granularity]
+    columns: pf.Columns
+
+
+def write_profile(run: RunContext, changed: DataFrame, fps: Mapping[mt.WindowKey, str]) -> int:
+    """MERGE the per-column profiles and the ``:table`` rows of the changed windows."""
+    table_rows = _table_rows(run, changed, fps)
+    frame = pf.column_profiles(changed, run.columns, run.cfg) if run.columns.all else None
+    rows = _frame(run.spark, table_rows, mt.PROFILE_DDL)
+    if frame is not None:
+        rows = rows.unionByName(frame, allowMissingColumns=True)
+    mt.merge_rows(run.spark, rows, run.tables.profile, mt.PROFILE_KEYS, mt.PROFILE_DDL)
+    return len(table_rows) * (1 + len(run.columns.all))
+
+
+def _frame(spark: SparkSession, rows: Sequence[Mapping[str, Any]], ddl: str) -> DataFrame:
+    schema = mt.schema(ddl)
+    names = schema.fieldNames()
+    return spark.createDataFrame([tuple(r.get(n) for n in names) for r in rows], schema)
+
+
+def _table_rows(run: RunContext, df: DataFrame, fps: Mapping[mt.WindowKey, str]) -> list[dict[str, Any]]:
+    from pyspark.sql import functions as sf
+
+    counts = (
+        df.groupBy(*KEYS).agg(sf.count(sf.lit(1)).alias("n"), sf.count(pf.LABEL).alias("labeled")).collect()
+    )
+    quality = _quality(run, df.where(sf.col(pf.LABEL).isNotNull())) if run.cfg.label_col else {}
+    rows = []
+    for r in counts:
+        key = tuple(r[k] for k in KEYS)
+        start = datetime.fromtimestamp(r[dp.WS], UTC)
+        window = (r.granularity, int(r[dp.WS]), r.model_id)
+        rows.append(
+            {
+                "granularity": r.granularity,
+                "window_start": start,
+                "window_end": shift_start(run.grans[r.granularity], start, 1),
+                "model_id": r.model_id,
+                "slice_key": r.slice_key,
+                "slice_value": r.slice_value,
+                "column_name": mt.TABLE_COLUMN,
+                "column_type": "table",
+                "count": int(r.n),
+                "labeled_count": int(r.labeled),
+                **quality.get(key, {}),
+                "fingerprint": fps[window] if r.slice_key is None else None,
+            }
+        )
+    return rows
+
+
+def _quality(run: RunContext, labeled: DataFrame) -> dict[tuple[Any, ...], ql.Metrics]:
+    cfg = run.cfg
+    if cfg.prediction_col not in labeled.columns:
+        raise ConfigError(f"monitor.prediction_col: {cfg.prediction_col!r} is not in the inference table")
+    pred = f"`{cfg.prediction_col}`"
+    out: dict[tuple[Any, ...], ql.Metrics] = {}
+    if cfg.problem_type == "regression":
+        for r in ql.regression_sums(labeled, KEYS, pf.LABEL, pred).collect():
+            key = tuple(r[k] for k in KEYS)
+            out[key] = ql.regression_metrics(int(r.n), r.sum_abs, r.sum_sq, r.sum_y, r.sum_y2)
+        return out
+    confusion: dict[tuple[Any, ...], dict[tuple[str, str], int]] = {}
+    for r in ql.confusion_counts(labeled, KEYS, pf.LABEL, pred).collect():
+        confusion.setdefault(tuple(r[k] for k in KEYS), {})[(r.y, r.p)] = int(r.n)
+    out = {k: ql.classification_metrics(c, cfg.positive_label) for k, c in confusion.items()}
+    if cfg.prediction_proba_col and cfg.positive_label is not None:
+        for r in ql.roc_auc(labeled, KEYS, pf.LABEL, pf.PROBA, cfg.positive_label).collect():
+            out.setdefault(tuple(r[k] for k in KEYS), {})["roc_auc"] = float(r.roc_auc)
+    return out
+
+
+def drift_rows(run: RunContext, expanded: DataFrame, plan: dp.WindowPlan) -> list[dict[str, Any]]:
+    """Drift rows (still keyed by ``__ls_ws``) of every pair of the plan's target windows."""
+    from pyspark.sql import functions as sf
+
+    rows: list[dict[str, Any]] = []
+    baseline = _baseline(run)
+    if run.columns.numeric:
+        long = pf.long_values(expanded, run.columns.numeric, KEYS, "numeric").where(
+            sf.col("value").isNotNull()
+        )
+        counts = long.groupBy(*KEYS, "column_name", "value").count()
+        base = None
+        if baseline is not None:
+            b = pf.long_values(baseline, run.columns.numeric, _base_keys(baseline), "numeric")
+            base = (
+                b.where(sf.col("value").isNotNull())
+                .groupBy(*_base_keys(baseline), "column_name", "value")
+                .count()
+            )
+        stats, binned = dp.numeric_pairs(run.spark, counts, plan, base, run.cfg.psi_bins)
+        rows += dp.numeric_rows(stats, binned, run.cfg)
+    if run.columns.categorical:
+        rows += _categorical(run, expanded, plan, baseline)
+    log.info("monitor: %d drift rows, %d flagged", len(rows), sum(r["drift_detected"] for r in rows))
+    return rows
+
+
+def _categorical(
+    run: RunContext, expanded: DataFrame, plan: dp.WindowPlan, baseline: DataFrame | None
+) -> list[dict[str, Any]]:
+    from pyspark.sql import functions as sf
+
+    long = pf.long_values(expanded, run.columns.categorical, KEYS, "categorical")
+    whole = long.where(sf.col("slice_key").isNull() & (sf.col("granularity") == run.cfg.granularities[0]))
+    top = dr.top_categories(whole, run.cfg.max_categories).cache()
+    current = dp.collect_counts(dr.pool_rare(long, top), dp.CUR_KEYS)
+    base = None
+    if baseline is not None:
+        if "model_id" not in baseline.columns:
+            baseline = baseline.withColumn("model_id", sf.lit(None).cast("string"))
+        bkeys = ["model_id", "slice_key", "slice_value"]
+        b = pf.long_values(baseline, run.columns.categorical, bkeys, "categorical")
+        base = dp.collect_counts(dr.pool_rare(b, top), [*bkeys, "column_name"])
+    top.unpersist()
+    return dp.categorical_rows(current, plan, base, run.cfg)
+
+
+def _base_keys(baseline: DataFrame) -> list[str]:
+    return [*(["model_id"] if "model_id" in baseline.columns else []), "slice_key", "slice_value"]
+
+
+def _baseline(run: RunContext) -> DataFrame | None:
+    """The baseline table with slices (and ``model_id`` when it has the model column)."""
+    from pyspark.sql import functions as sf
+
+    if run.tables.baseline is None:
+        return None
+    df = run.spark.read.format("delta").load(run.tables.baseline)
+    if "status_code" in df.columns and not run.cfg.include_errors:
+        df = df.where(sf.col("status_code") == 200)
+    if run.cfg.model_id_col in df.columns:
+        df = df.withColumn(
+            "model_id", sf.coalesce(sf.col(f"`{run.cfg.model_id_col}`").cast("string"), sf.lit(":unknown"))
+        )
+    return pf.with_slices(df, run.cfg.slicing_exprs)
+
+
+def finish_rows(run: RunContext, rows: list[dict[str, Any]], plan: dp.WindowPlan) -> list[dict[str, Any]]:
+    """Replace the epoch-second key by window start/end and the reference window's start."""
+    out = []
+    for r in rows:
+        g = run.grans[r["granularity"]]
+        start = datetime.fromtimestamp(r[dp.WS], UTC)
+        prev = plan.previous.get((r["granularity"], r[dp.WS], r["model_id"]))
+        ref = datetime.fromtimestamp(prev[1], UTC) if prev and r["drift_type"] == "consecutive" else None
+        out.append(
+            {
+                **r,
+                "window_start": start,
+                "window_end": shift_start(g, start, 1),
+                "reference_window_start": ref,
+            }
+        )
+    return out
+
+
+def write_drift(run: RunContext, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        mt.merge_rows(
+            run.spark, _frame(run.spark, rows, mt.DRIFT_DDL), run.tables.drift, mt.DRIFT_KEYS, mt.DRIFT_DDL
+        )
+
+
+def attach_evidently(
+    run: RunContext,
+    windowed: DataFrame,
+    plan: dp.WindowPlan,
+    latest: Sequence[mt.WindowKey],
+    rows: list[dict[str, Any]],
+) -> tuple[list[str], list[str]]:
+    """Report on each model's latest window when it was recomputed; returns (reports, disagreements)."""
+    from lakeserve.monitoring.evidently_report import drift_report
+
+    reports: list[str] = []
+    disagreements: list[str] = []
+    drift_type = "baseline" if run.tables.baseline is not None else "consecutive"
+    for key in latest:
+        if key not in plan.targets:
+            continue
+        reference = _evidently_reference(run, windowed, plan, key)
+        if reference is None:
+            continue
+        current = _sample(run, _window_rows(windowed, key))
+        stem = Path(run.tables.reports_dir.removeprefix("file:")) / key[2] / _slug(key[0]) / f"{key[1]}"
+        log.info("monitor: Evidently report for %s %s window %s", key[2], key[0], key[1])
+        report = drift_report(current, reference, run.columns.numeric, run.columns.categorical, stem)
+        reports.append(str(report.html_path))
+        for r in rows:
+            if (r["granularity"], r[dp.WS], r["model_id"]) != key or r["slice_key"] is not None:
+                continue
+            verdict = report.verdicts.get(r["column_name"])
+            if r["drift_type"] != drift_type or verdict is None:
+                continue
+            r.update(
+                evidently_report=str(report.html_path),
+                evidently_drift_detected=verdict.drift_detected,
+                evidently_method=verdict.method,
+                evidently_score=verdict.score,
+            )
+            if verdict.drift_detected != r["drift_detected"]:
+                disagreements.append(
+                    f"{key[2]} {key[0]} window {datetime.fromtimestamp(key[1], UTC):%Y-%m-%d %H:%M} "
+                    f"{r['column_name']}: monitor says {'drift' if r['drift_detected'] else 'no drift'}, "
+                    f"Evidently ({verdict.method}, score {verdict.score}) says "
+                    f"{'drift' if verdict.drift_detected else 'no drift'}"
+                )
+    for d in disagreements:
+        log.warning("monitor: verdicts disagree: %s", d)
+    return reports, disagreements
+
+
+def _slug(text: str) -> str:
+    return text.replace(" ", "_")
+
+
+def _window_rows(windowed: DataFrame, key: mt.WindowKey) -> DataFrame:
+    from pyspark.sql import functions as sf
+
+    g, ws, model = key
+    return windowed.where(
+        (sf.col("granularity") == g) & (sf.col(dp.WS) == ws) & (sf.col("model_id") == model)
+    )
+
+
+def _evidently_reference(run: RunContext, windowed: DataFrame, plan: dp.WindowPlan, key: mt.WindowKey) -> Any:
+    from pyspark.sql import functions as sf
+
+    baseline = _baseline(run)
+    if baseline is not None:
+        base = baseline.where(sf.col("slice_key").isNull())
+        if "model_id" in base.columns:
+            base = base.where(sf.col("model_id") == key[2])
+        return _sample(run, base)
+    if key not in plan.previous:
+        return None
+    return _sample(run, _window_rows(windowed, plan.previous[key]))
+
+
+def _sample(run: RunContext, df: DataFrame) -> Any:
+    """At most ``evidently_max_rows`` rows of the monitored columns, as pandas."""
+    cols = [f"`{c}`" for c in run.columns.all]
+    picked = df.select(*cols)
+    n = picked.count()
+    limit = run.cfg.evidently_max_rows
+    if n > limit:
+        picked = picked.sample(fraction=min(1.0, 1.2 * limit / n), seed=0).limit(limit)
+    frame: Any = picked.toPandas()
+    for c in run.columns.categorical:
+        frame[c] = frame[c].astype("string").astype(object)
+    return frame

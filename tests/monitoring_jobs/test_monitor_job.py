@@ -1,0 +1,251 @@
+"""The monitor job on real Spark + Delta: planted drift found exactly, statistics equal scipy's,
+quality equals scikit-learn's, re-runs change nothing, late labels and new windows are picked up."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+from scipy.spatial.distance import jensenshannon
+from sklearn import metrics as skm
+
+from lakeserve.jobs.monitor import MonitorTables, run_monitor
+from lakeserve.jobs.settings import MonitorSettings
+from lakeserve.monitoring.drift import psi, psi_bins
+from lakeserve.monitoring.synthetic import SyntheticSpec, synthetic_inference
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+START = datetime(2025, 1, 1, tzinfo=UTC)
+# as planted by the fixtures in conftest.py
+DRIFT_COLUMNS = ("num_1", "cat_1")
+DRIFT_FROM = 2
+WINDOWS = 4
+Monitored = Any
+
+
+def _window(i: int) -> datetime:
+    return START + timedelta(hours=i)
+
+
+def _rows(spark: SparkSession, uri: str, where: str) -> list[dict[str, Any]]:
+    df = spark.read.format("delta").load(uri).where(where)
+    return [
+        r.asDict() | {"ws": int(r.ws)}
+        for r in df.selectExpr("*", "unix_seconds(window_start) AS ws").collect()
+    ]
+
+
+def _frame(m: Monitored) -> pd.DataFrame:
+    df = m.data.to_pandas()
+    df = df[df.status_code == 200].copy()
+    df["w"] = ((df.timestamp - pd.Timestamp(START)).dt.total_seconds() // 3600).astype(int)
+    return df
+
+
+def test_planted_drift_is_flagged_in_exactly_those_columns_and_windows(drifted: Monitored) -> None:
+    flagged = {(f.drift_type, f.window_start, f.column_name) for f in drifted.summary.flags}
+    expected = {("consecutive", _window(DRIFT_FROM), c) for c in DRIFT_COLUMNS}
+    expected |= {("baseline", _window(w), c) for w in range(DRIFT_FROM, WINDOWS) for c in DRIFT_COLUMNS}
+    assert flagged == expected
+    whole = {
+        (f.drift_type, f.window_start, f.column_name, f.model_id)
+        for f in drifted.summary.flags
+        if f.slice_key is None
+    }
+    assert whole == {(*e, m) for e in expected for m in ("champion", "challenger")}
+
+
+def test_undrifted_table_flags_nothing(undrifted: Monitored) -> None:
+    assert undrifted.summary.windows_processed == WINDOWS * 2
+    assert undrifted.summary.drift_rows > 0
+    assert undrifted.summary.flags == []
+
+
+@pytest.mark.parametrize("column", ["num_0", "num_1", "n_items", "probability"])
+def test_numeric_drift_statistics_equal_scipy(spark: SparkSession, drifted: Monitored, column: str) -> None:
+    df = _frame(drifted)
+    champ = df[df.served_entity == "champion"]
+    for w in range(1, WINDOWS):
+        cur, ref = champ[champ.w == w][column].dropna(), champ[champ.w == w - 1][column].dropna()
+        (row,) = _rows(
+            spark,
+            drifted.tables.drift,
+            f"model_id = 'champion' AND slice_key IS NULL AND "
+            f"column_name = '{column}' AND drift_type = 'consecutive' AND "
+            f"window_start = '{_window(w):%Y-%m-%d %H:%M:%S}'",
+        )
+        ks = stats.ks_2samp(cur, ref)
+        assert (row["count"], row["reference_count"]) == (len(cur), len(ref))
+        assert row["ks_statistic"] == pytest.approx(ks.statistic, abs=1e-9)
+        assert row["ks_pvalue"] == pytest.approx(ks.pvalue, abs=1e-6)
+        assert row["wasserstein_distance"] == pytest.approx(stats.wasserstein_distance(cur, ref), abs=1e-6)
+        assert row["wasserstein_normed"] == pytest.approx(
+            stats.wasserstein_distance(cur, ref) / np.std(ref), rel=1e-6
+        )
+        bins = drifted.cfg.psi_bins
+        sorted_ref = np.sort(ref.to_numpy())
+        c = np.bincount(psi_bins(sorted_ref, cur.to_numpy(), bins), minlength=bins)
+        r = np.bincount(psi_bins(sorted_ref, sorted_ref, bins), minlength=bins)
+        assert row["population_stability_index"] == pytest.approx(psi(c, r), abs=1e-9)
+
+
+def test_categorical_drift_statistics_equal_scipy(spark: SparkSession, drifted: Monitored) -> None:
+    df = _frame(drifted)
+    base = drifted_baseline(drifted)
+    chal = df[df.served_entity == "challenger"]
+    for w in range(WINDOWS):
+        cur = chal[chal.w == w].cat_1.value_counts()
+        (row,) = _rows(
+            spark,
+            drifted.tables.drift,
+            "model_id = 'challenger' AND slice_key IS NULL AND "
+            f"column_name = 'cat_1' AND drift_type = 'baseline' AND "
+            f"window_start = '{_window(w):%Y-%m-%d %H:%M:%S}'",
+        )
+        cats = sorted(set(cur.index) | set(base.index))
+        c = np.array([cur.get(k, 0) for k in cats], dtype=float)
+        r = np.array([base.get(k, 0) for k in cats], dtype=float)
+        chi = stats.chi2_contingency(np.vstack([c, r]))
+        p, q = c / c.sum(), r / r.sum()
+        assert row["chi_squared_statistic"] == pytest.approx(chi.statistic, abs=1e-6)
+        assert row["chi_squared_pvalue"] == pytest.approx(chi.pvalue, abs=1e-6)
+        assert row["tv_distance"] == pytest.approx(0.5 * np.abs(p - q).sum(), abs=1e-9)
+        assert row["l_infinity_distance"] == pytest.approx(np.abs(p - q).max(), abs=1e-9)
+        assert row["js_distance"] == pytest.approx(jensenshannon(p, q, base=2), abs=1e-9)
+        assert row["population_stability_index"] == pytest.approx(psi(c, r), abs=1e-9)
+
+
+def drifted_baseline(m: Monitored) -> pd.Series:
+    assert m.cfg.baseline_table is not None
+    from deltalake import DeltaTable
+
+    b = DeltaTable(m.cfg.baseline_table).to_pandas()
+    b = b[(b.status_code == 200) & (b.served_entity == "challenger")]
+    return b.cat_1.value_counts()
+
+
+def test_profile_metrics_equal_numpy(spark: SparkSession, drifted: Monitored) -> None:
+    df = _frame(drifted)
+    sliced = df[(df.served_entity == "champion") & (df.w == 1) & (df.n_items > 2)]
+    (row,) = _rows(
+        spark,
+        drifted.tables.profile,
+        "model_id = 'champion' AND slice_key = 'n_items > 2' AND "
+        f"slice_value = 'true' AND column_name = 'num_0' AND window_start = '{_window(1):%Y-%m-%d %H:%M:%S}'",
+    )
+    x = sliced.num_0.to_numpy()
+    assert (row["count"], row["num_nulls"]) == (len(x), 0)
+    assert row["mean"] == pytest.approx(x.mean(), rel=1e-9)
+    assert row["stddev"] == pytest.approx(x.std(ddof=1), rel=1e-9)
+    assert (row["min"], row["max"]) == (x.min(), x.max())
+    assert abs(row["distinct_count"] - len(np.unique(x))) <= 3 * drifted.cfg.distinct_rsd * len(x)
+    ranks = np.searchsorted(np.sort(x), row["quantiles"], side="right") / len(x)
+    levels = np.array([0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 1.0])
+    assert np.all(np.abs(ranks - levels) <= 1 / drifted.cfg.quantile_accuracy + 1 / len(x))
+
+
+def test_quality_per_model_and_window_equals_sklearn(spark: SparkSession, drifted: Monitored) -> None:
+    df = _frame(drifted)
+    labels = pd.DataFrame(drifted_labels(drifted))
+    df = df.merge(labels, on=["request_id", "record_index"])
+    for model in ("champion", "challenger"):
+        part = df[(df.served_entity == model) & (df.w == 3)]
+        (row,) = _rows(
+            spark,
+            drifted.tables.profile,
+            f"model_id = '{model}' AND slice_key IS NULL AND "
+            f"column_name = ':table' AND window_start = '{_window(3):%Y-%m-%d %H:%M:%S}'",
+        )
+        y, p = part.label.astype(str), part.prediction.astype(int).astype(str)
+        assert row["labeled_count"] == len(part)
+        assert row["accuracy"] == pytest.approx(skm.accuracy_score(y, p), abs=1e-12)
+        assert row["precision"] == pytest.approx(skm.precision_score(y, p, pos_label="1"), abs=1e-12)
+        assert row["recall"] == pytest.approx(skm.recall_score(y, p, pos_label="1"), abs=1e-12)
+        assert row["f1"] == pytest.approx(skm.f1_score(y, p, pos_label="1"), abs=1e-12)
+        assert row["roc_auc"] == pytest.approx(skm.roc_auc_score(part.label, part.probability), abs=1e-9)
+
+
+def drifted_labels(m: Monitored) -> dict[str, Any]:
+    from deltalake import DeltaTable
+
+    assert m.cfg.labels_table is not None
+    return DeltaTable(m.cfg.labels_table).to_pyarrow_table().to_pydict()
+
+
+def test_evidently_reports_are_saved_and_referenced(spark: SparkSession, drifted: Monitored) -> None:
+    assert len(drifted.summary.reports) == 2
+    for html in drifted.summary.reports:
+        assert Path(html).stat().st_size > 10_000
+        assert Path(html).with_suffix(".json").is_file()
+    rows = _rows(spark, drifted.tables.drift, "evidently_report IS NOT NULL")
+    assert {r["model_id"] for r in rows} == {"champion", "challenger"}
+    assert {r["ws"] for r in rows} == {int(_window(WINDOWS - 1).timestamp())}
+    assert all(r["drift_type"] == "baseline" and r["slice_key"] is None for r in rows)
+    disagree = {
+        (r["model_id"], r["column_name"])
+        for r in rows
+        if r["evidently_drift_detected"] != r["drift_detected"]
+    }
+    assert len(disagree) == len(drifted.summary.disagreements)
+    drifted_cols = {r["column_name"] for r in rows if r["evidently_drift_detected"]}
+    assert set(DRIFT_COLUMNS) <= drifted_cols
+
+
+def test_second_run_changes_nothing(spark: SparkSession, drifted: Monitored) -> None:
+    from delta.tables import DeltaTable
+
+    def versions() -> list[int]:
+        return [
+            DeltaTable.forPath(spark, u).history(1).first()["version"]
+            for u in (drifted.tables.profile, drifted.tables.drift)
+        ]
+
+    before = versions()
+    again = run_monitor(spark, drifted.cfg, drifted.tables)
+    assert again.windows_processed == 0
+    assert versions() == before
+
+
+def test_late_labels_and_new_windows_are_processed_incrementally(spark: SparkSession, tmp_path: Path) -> None:
+    from deltalake import write_deltalake
+
+    spec = SyntheticSpec(rows=3_000, windows=3, seed=5)
+    table, labels = synthetic_inference(spec)
+    write_deltalake(str(tmp_path / "payload"), table, partition_by=["date"])
+    write_deltalake(str(tmp_path / "labels"), labels.slice(0, 1_000))
+    cfg = MonitorSettings(
+        granularities=["1 hour"],
+        label_col="label",
+        labels_table=str(tmp_path / "labels"),
+        evidently=False,
+        columns=["num_0", "cat_0", "prediction"],
+    )
+    tables = MonitorTables.beside(str(tmp_path / "payload"), cfg)
+    first = run_monitor(spark, cfg, tables)
+    assert first.windows_processed == 6
+    write_deltalake(str(tmp_path / "labels"), labels.slice(1_000), mode="append")  # labels arrive later
+    late = run_monitor(spark, cfg, tables)
+    assert late.windows_processed == 4  # windows 1 and 2 of both models gained labels
+    labeled = _rows(spark, tables.profile, "column_name = ':table' AND slice_key IS NULL")
+    ok = table.filter(pa_ok(table)).num_rows
+    assert sum(r["labeled_count"] for r in labeled) == ok
+    later = SyntheticSpec(rows=1_000, windows=1, seed=6, start=spec.start + timedelta(hours=3))
+    write_deltalake(
+        str(tmp_path / "payload"), synthetic_inference(later)[0], mode="append", partition_by=["date"]
+    )
+    new = run_monitor(spark, cfg, tables)
+    assert new.windows_processed == 2
+    assert {f.window_start for f in new.flags} <= {spec.start + timedelta(hours=3)}
+
+
+def pa_ok(table: Any) -> Any:
+    import pyarrow.compute as pc
+
+    return pc.equal(table["status_code"], 200)
