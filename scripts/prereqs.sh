@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Checks what lakeserve needs from the machine before anything is installed, and says how to fix
 # what is missing. With --test it also makes sure redis-server (for the Redis online-store test)
-# is there, installing Debian's package when running as root.
+# is there, installing Debian's package when running as root, and so are chromium and
+# chromium-driver (the headless-browser test of the REST dashboard).
 set -euo pipefail
 
 fail() { echo "lakeserve prerequisites: $*" >&2; exit 1; }
@@ -23,6 +24,14 @@ if [ "${1:-}" = "--test" ] && ! command -v redis-server >/dev/null; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
   else
     fail "redis-server not found: install it (Debian: sudo apt-get install redis-server) to run the tests"
+  fi
+fi
+if [ "${1:-}" = "--test" ] && ! { command -v chromium >/dev/null && command -v chromedriver >/dev/null; }; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing chromium and chromium-driver (Debian packages) for the dashboard browser test"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+  else
+    fail "chromium/chromedriver not found: install them (Debian: sudo apt-get install chromium chromium-driver)"
   fi
 fi
 exit 0

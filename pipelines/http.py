@@ -1,0 +1,128 @@
+"""The REST server: wiring from the settings tree, and ``run_http`` on a production ASGI server.
+
+``run_http`` serves the app of :mod:`lakeserve.pipelines.http_app` with uvicorn until a stop
+event. The models load in the background at startup (``/health`` answers at once, ``/ready``
+once they are loaded), through the same parts as a Kafka worker: the MLflow models, Feast,
+the scoring core and the endpoint's inference table. HTTP rows are logged at most once, best
+effort (:mod:`lakeserve.pipelines.http_logging`); Kafka's are logged exactly once.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+
+import uvicorn
+from prometheus_client import CollectorRegistry
+from pydantic import ValidationError
+
+from lakeserve.errors import ConfigError
+from lakeserve.features.feast_lookup import FeastFeatureLookup
+from lakeserve.features.store import feature_store
+from lakeserve.monitoring.delta_writer import DeltaInferenceWriter
+from lakeserve.monitoring.row_buffer import RowBuffer
+from lakeserve.pipelines.auth import AccessGuard
+from lakeserve.pipelines.checkpoint import TableTarget
+from lakeserve.pipelines.http_app import Scoring, create_app
+from lakeserve.pipelines.http_batcher import MicroBatcher
+from lakeserve.pipelines.http_logging import HttpTableLogger
+from lakeserve.pipelines.http_settings import HttpSettings
+from lakeserve.pipelines.metrics import ServiceMetrics
+from lakeserve.pipelines.service import load_models, table_schema
+from lakeserve.pipelines.settings import Settings, format_validation_error
+from lakeserve.scoring.core import ScoringCore
+from lakeserve.scoring.models import model_summary
+from lakeserve.scoring.records import RequestResult
+
+log = logging.getLogger(__name__)
+
+
+def new_metrics(settings: Settings) -> ServiceMetrics:
+    """A fresh registry and metrics for this endpoint (one per process, passed down)."""
+    return ServiceMetrics(CollectorRegistry(), settings.endpoint.name, settings.http.dashboard_window_s)
+
+
+def load_scoring(settings: Settings, metrics: ServiceMetrics) -> Scoring:
+    """Models, Feast, the core, the table logger and the batcher (blocking: loads the models)."""
+    endpoint = settings.endpoint
+    lookup = FeastFeatureLookup(feature_store(settings.feast))
+    models = load_models(settings, endpoint)
+    core = ScoringCore(endpoint, models, lookup)
+    table: HttpTableLogger | None = None
+    if endpoint.auto_capture_config.enabled:
+        writer = DeltaInferenceWriter(settings.inference_table_uri)
+        cap = endpoint.auto_capture_config
+        target = TableTarget(
+            writer.ensure(table_schema(models, lookup)), endpoint.name, cap.sampling_fraction, cap.payload_cap_bytes
+        )
+        table = HttpTableLogger(writer, target, RowBuffer.from_settings(settings.tables, time.monotonic), metrics)
+        table.start()
+
+    def on_scored(results: list[RequestResult]) -> None:
+        metrics.batch_scored("http", results)
+        if table is not None:
+            table.add(results)
+
+    def close() -> None:
+        if table is not None:
+            table.stop()
+        for model in models.values():
+            model.unload()
+
+    batcher = MicroBatcher(core.score, endpoint.limits, on_scored)
+    return Scoring(batcher, model_summary(models), close)
+
+
+def listen_settings(http: HttpSettings, host: str | None, port: int | None) -> HttpSettings:
+    """``http`` with the host and port given on the command line, validated again: binding a
+    public address turns access control on, and it must then be configured."""
+    update = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+    try:
+        return HttpSettings.model_validate({**http.model_dump(), **update})
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None
+
+
+def build_server(
+    settings: Settings, metrics: ServiceMetrics, host: str | None = None, port: int | None = None
+) -> uvicorn.Server:
+    http = listen_settings(settings.http, host, port)
+    app = create_app(settings.endpoint, AccessGuard(http), metrics, lambda: load_scoring(settings, metrics))
+    config = uvicorn.Config(
+        app,
+        host=http.host,
+        port=http.port,
+        log_level="warning",
+        access_log=False,  # an access log line would be the place a token leaks; metrics count instead
+        lifespan="on",
+        server_header=False,
+        timeout_graceful_shutdown=30,
+    )
+    return uvicorn.Server(config)
+
+
+def run_http(
+    settings: Settings,
+    stop: threading.Event,
+    host: str | None = None,
+    port: int | None = None,
+    *,
+    metrics: ServiceMetrics | None = None,
+    sock: socket.socket | None = None,
+) -> None:
+    """Serve until ``stop`` is set, then drain: queued requests are answered and rows flushed.
+
+    ``sock``: an already bound socket to serve on (tests bind port 0 and read the port back).
+    """
+    server = build_server(settings, metrics or new_metrics(settings), host, port)
+
+    def exit_on_stop() -> None:
+        stop.wait()
+        server.should_exit = True
+
+    threading.Thread(target=exit_on_stop, name="http-stop-watcher", daemon=True).start()
+    where = sock.getsockname() if sock is not None else (server.config.host, server.config.port)
+    log.info("HTTP endpoint %s listening on %s:%s", settings.endpoint.name, *where[:2])
+    server.run(sockets=[sock] if sock is not None else None)

@@ -1,0 +1,120 @@
+"""Micro-batching of HTTP requests into the scoring core.
+
+Callers ``await submit(request)``; one collector task takes the first waiting request, then
+keeps collecting until ``limits.max_batch_size`` requests are in hand or
+``limits.max_batch_wait_ms`` have passed since that first request *arrived* (so time spent
+queued behind a busy scorer counts, and a loaded server adds no wait), scores the batch in
+one worker thread (the core is synchronous; the event loop stays free to accept and answer),
+hands the results to ``on_scored`` in that thread (inference rows, batch metrics), and resolves
+every caller's future. A failure of a real component (``ComponentError`` out of the core) fails
+every caller of the batch with :class:`ScoringUnavailable`; the next batch is tried afresh.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from lakeserve.errors import ScoringError
+from lakeserve.scoring.records import RequestResult, ScoringRequest
+from lakeserve.scoring.settings import Limits
+
+log = logging.getLogger(__name__)
+
+Scorer = Callable[[Sequence[ScoringRequest]], list[RequestResult]]
+OnScored = Callable[[list[RequestResult]], None]
+
+
+class ScoringUnavailable(ScoringError):
+    """The batch could not be scored because a component failed (Feast, Delta, the model runtime)."""
+
+    status_code = 503
+    error_code = "TEMPORARILY_UNAVAILABLE"
+
+
+@dataclass(slots=True)
+class _Pending:
+    request: ScoringRequest
+    future: asyncio.Future[RequestResult]
+    arrived: float = field(default_factory=time.monotonic)
+
+
+class MicroBatcher:
+    """Collects requests into micro-batches for one scoring thread; start and stop in the event loop."""
+
+    def __init__(self, score: Scorer, limits: Limits, on_scored: OnScored = lambda _: None) -> None:
+        self._score, self._limits, self._on_scored = score, limits, on_scored
+        self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="http-scoring")
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="http-batcher")
+
+    async def stop(self) -> None:
+        """Score what is queued, then stop the collector and the scoring thread."""
+        if self._task is not None:
+            self._queue.put_nowait(None)
+            await self._task
+            self._task = None
+        self._executor.shutdown(wait=True)
+
+    async def submit(self, request: ScoringRequest) -> RequestResult:
+        future: asyncio.Future[RequestResult] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Pending(request, future))
+        return await future
+
+    async def _run(self) -> None:
+        while True:
+            first = await self._queue.get()
+            if first is None:
+                return
+            batch, stopping = await self._collect(first)
+            await self._score_batch(batch)
+            if stopping:
+                return
+
+    async def _collect(self, first: _Pending) -> tuple[list[_Pending], bool]:
+        batch = [first]
+        deadline = first.arrived + self._limits.max_batch_wait_ms / 1000
+        while len(batch) < self._limits.max_batch_size:
+            try:
+                item = self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    item = await asyncio.wait_for(self._queue.get(), remaining)
+                except TimeoutError:
+                    break
+            if item is None:
+                return batch, True
+            batch.append(item)
+        return batch, False
+
+    async def _score_batch(self, batch: list[_Pending]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            results = await loop.run_in_executor(self._executor, self._score_and_report, [p.request for p in batch])
+        except Exception as exc:  # a component failed: every caller of the batch is told
+            log.error("scoring a batch of %d requests failed: %s: %s", len(batch), type(exc).__name__, exc)
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_exception(ScoringUnavailable("the service cannot score right now; retry later"))
+            return
+        for p, result in zip(batch, results, strict=True):
+            if not p.future.done():  # a caller that timed out no longer waits
+                p.future.set_result(result)
+
+    def _score_and_report(self, requests: list[ScoringRequest]) -> list[RequestResult]:
+        results = self._score(requests)
+        try:
+            self._on_scored(results)
+        except Exception:  # logging is best effort: the callers still get their answers
+            log.exception("recording a scored batch failed")
+        return results

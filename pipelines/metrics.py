@@ -1,0 +1,121 @@
+"""Service metrics: Prometheus series on an injected registry, plus the dashboard's rolling window.
+
+One :class:`ServiceMetrics` per process is built at the edge and passed down (never the global
+default registry). Both transports report into it: the HTTP server as it answers, the Kafka
+delivery loop through the :class:`LoopMetrics` hook after each scored batch and each flush, and
+the Kafka source with its consumer lag after each poll.
+
+A request is attributed to each distinct served entity among its answered records (``none``
+when it failed before routing); latency is split into model time (the ``predict`` call of its
+batch) and overhead (everything else: parsing, batching wait, feature lookup, answering).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from lakeserve.pipelines.rolling_window import RollingWindow
+from lakeserve.scoring.records import RequestResult
+
+LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+NO_ENTITY = "none"
+Partition = tuple[str, int]
+
+
+class LoopMetrics(Protocol):
+    """What the Kafka delivery loop and source report (implemented by :class:`ServiceMetrics`)."""
+
+    def batch_scored(self, transport: str, results: Sequence[RequestResult]) -> None: ...
+    def table_flushed(self, transport: str, rows: int, seconds: float) -> None: ...
+    def consumer_lag(self, lags: Mapping[Partition, int]) -> None: ...
+
+
+def entities(result: RequestResult) -> list[str]:
+    """The served entities a request is attributed to."""
+    names = dict.fromkeys(r.served_entity or NO_ENTITY for r in result.answered_records())
+    return list(names) or [NO_ENTITY]
+
+
+class ServiceMetrics:
+    """Prometheus series (``lakeserve_*``) for one endpoint, and the dashboard window."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        endpoint: str,
+        window_s: float = 3600.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.registry, self.endpoint = registry, endpoint
+        self.window = RollingWindow(window_s, clock=clock)
+        entity, per_batch = ["endpoint", "served_entity", "transport"], ["endpoint", "transport"]
+        self.requests = Counter("lakeserve_requests", "Requests answered", [*entity, "status_code"], registry=registry)
+        self.errors = Counter("lakeserve_errors", "Error answers", [*entity, "error_code"], registry=registry)
+        self.latency = _seconds(registry, "lakeserve_request_latency_seconds", "Arrival to answer", entity)
+        self.model_latency = _seconds(registry, "lakeserve_model_latency_seconds", "Model time", entity)
+        self.overhead = _seconds(registry, "lakeserve_overhead_latency_seconds", "Latency minus model time", entity)
+        self.batch_size = Histogram(
+            "lakeserve_batch_size", "Requests per micro-batch", per_batch, buckets=BATCH_BUCKETS, registry=registry
+        )
+        self.lag = Gauge("lakeserve_kafka_consumer_lag", "Highwater minus position", ["topic", "partition"],
+                         registry=registry)  # fmt: skip
+        self.flush_delay = _seconds(
+            registry, "lakeserve_inference_table_flush_delay_seconds", "Duration of one table append", per_batch
+        )
+        self.rows_logged = Counter(
+            "lakeserve_inference_rows_logged", "Rows appended to the inference table", per_batch, registry=registry
+        )
+
+    # -- what the transports report --------------------------------------------------------
+    def answered(self, transport: str, result: RequestResult, latency_s: float) -> None:
+        """One request answered (any status), ``latency_s`` from arrival to answer."""
+        model_s = result.timings.model_ms / 1000
+        for entity in entities(result):
+            self._count(transport, entity, result.status_code, result.error_code, latency_s)
+            labels = (self.endpoint, entity, transport)
+            self.model_latency.labels(*labels).observe(model_s)
+            self.overhead.labels(*labels).observe(max(0.0, latency_s - model_s))
+
+    def refused(self, transport: str, status_code: int, error_code: str, latency_s: float) -> None:
+        """A request answered before it reached the scoring core (too large, unknown endpoint, ...)."""
+        self._count(transport, NO_ENTITY, status_code, error_code, latency_s)
+
+    def batch_scored(self, transport: str, results: Sequence[RequestResult]) -> None:
+        self.batch_size.labels(self.endpoint, transport).observe(len(results))
+        if transport != "http":  # the HTTP server reports each request as it answers it
+            for result in results:
+                self.answered(transport, result, result.timings.total_ms / 1000)
+
+    def table_flushed(self, transport: str, rows: int, seconds: float) -> None:
+        self.flush_delay.labels(self.endpoint, transport).observe(seconds)
+        self.rows_logged.labels(self.endpoint, transport).inc(rows)
+
+    def consumer_lag(self, lags: Mapping[Partition, int]) -> None:
+        for (topic, partition), lag in lags.items():
+            self.lag.labels(topic, str(partition)).set(lag)
+
+    # -- what is read ----------------------------------------------------------------------
+    def exposition(self) -> tuple[bytes, str]:
+        """The Prometheus text format and its content type."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+    def dashboard(self) -> dict[str, Any]:
+        return {"endpoint": self.endpoint, **self.window.snapshot()}
+
+    def _count(self, transport: str, entity: str, status: int, error_code: str | None, latency_s: float) -> None:
+        labels = (self.endpoint, entity, transport)
+        self.requests.labels(*labels, str(status)).inc()
+        if status != 200:
+            self.errors.labels(*labels, error_code or "UNKNOWN").inc()
+        self.latency.labels(*labels).observe(latency_s)
+        self.window.add(entity, latency_s * 1000, status == 200)
+
+
+def _seconds(registry: CollectorRegistry, name: str, doc: str, labels: list[str]) -> Histogram:
+    return Histogram(name, doc, labels, buckets=LATENCY_BUCKETS_S, registry=registry)
