@@ -139,7 +139,8 @@ def _client(settings: MlflowSettings) -> MlflowClient:
     import mlflow
     from mlflow import MlflowClient
 
-    assert settings.tracking_uri and settings.registry_uri, "resolved by Settings"
+    assert settings.tracking_uri, "resolved by Settings"
+    assert settings.registry_uri, "resolved by Settings"
     mlflow.set_tracking_uri(settings.tracking_uri)
     mlflow.set_registry_uri(settings.registry_uri)
     return MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.registry_uri)

@@ -28,6 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -38,6 +39,9 @@ from lakeserve.monitoring.row_buffer import RowBuffer
 from lakeserve.pipelines.kafka_sinks import ResponseSink
 from lakeserve.pipelines.kafka_source import Partition, RebalanceHandler, RequestSource
 from lakeserve.scoring.records import RequestResult, ScoringRequest
+
+if TYPE_CHECKING:
+    from lakeserve.pipelines.metrics import LoopMetrics
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +89,9 @@ class DeliveryLoop(RebalanceHandler):
         group_id: str,
         before_batch: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
+        metrics: LoopMetrics | None = None,
     ) -> None:
+        self.metrics = metrics  # optional hook: told after each scored batch and each flush
         self.score, self.sink, self.writer, self.target = score, sink, writer, target
         self.buffer, self.group_id, self.before_batch, self.clock = buffer, group_id, before_batch, clock
         self.logged: dict[Partition, int] = {}  # last offset in the table (or scored), per owned partition
@@ -101,7 +107,9 @@ class DeliveryLoop(RebalanceHandler):
         log.info("assigned %s; already logged up to %s", partitions, {p: self.logged[p] for p in partitions})
 
     def revoked(self, partitions: list[Partition]) -> None:
-        self.flush()
+        # Runs on the consumer's IO thread: rows and txn versions go to Delta now (so the next
+        # owner skips them), the offset commit is sent without waiting for it.
+        self.flush(wait=False)
         for p in partitions:
             self.logged.pop(p, None)
         log.info("revoked %s", partitions)
@@ -126,11 +134,13 @@ class DeliveryLoop(RebalanceHandler):
             self.sink.flush()
             self.buffer.add(self.target.rows(results), self._versions(fresh))  # 4
             self._count(results)
+            if self.metrics is not None:
+                self.metrics.batch_scored("kafka", results)
         if self.buffer.due(self.clock()) or (self.positions and self.buffer.empty):
             self.flush()  # 5
         return len(fresh)
 
-    def flush(self) -> None:
+    def flush(self, *, wait: bool = True) -> None:
         """Step 5: rows and their offsets into Delta in one commit, then Kafka offsets."""
         if self.buffer.empty and not self.positions:
             return
@@ -141,9 +151,11 @@ class DeliveryLoop(RebalanceHandler):
             self.writer.append(rows, versions)
             self.stats.rows_logged += rows.num_rows
         positions, self.positions = self.positions, {}
-        self.source.commit(positions)
+        self.source.commit(positions, wait=wait)
         self.stats.flushes += 1
         self.stats.last_flush_delay_s = self.clock() - started
+        if self.metrics is not None:
+            self.metrics.table_flushed("kafka", rows.num_rows, self.stats.last_flush_delay_s)
 
     # -- helpers ---------------------------------------------------------------------------
     def _fresh(self, requests: list[ScoringRequest]) -> list[ScoringRequest]:

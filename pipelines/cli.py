@@ -14,6 +14,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
         "serve",
         _serve,
         "run the scoring service: N workers in one consumer group, restarted if they die",
-        [(["--workers"], {"type": int, "default": 1, "help": "worker processes (default 1)"})],
+        [
+            (["--workers"], {"type": int, "default": 1, "help": "Kafka worker processes (default 1; 0 with --http)"}),
+            (["--http"], {"action": "store_true", "help": "also serve REST invocations (docs/http.md)"}),
+            (["--host"], {"default": None, "help": "REST bind address (default: http.host)"}),
+            (["--port"], {"type": int, "default": None, "help": "REST port (default: http.port)"}),
+        ],
     )
     endpoint = sub.add_parser("endpoint", help="update or inspect the running endpoint").add_subparsers(
         title="endpoint commands", metavar="COMMAND"
@@ -95,6 +101,14 @@ def build_parser() -> argparse.ArgumentParser:
         "compact, checkpoint and vacuum the inference table",
         [(["--retention-hours"], {"type": int, "default": 168, "help": "vacuum files older than this"})],
     )
+    jobs = sub.add_parser("jobs", help="Spark jobs: monitoring, A/B analysis, batch scoring").add_subparsers(
+        title="jobs commands", metavar="COMMAND")
+    run = jobs.add_parser("run", help="run one job now").add_subparsers(title="jobs", metavar="JOB")
+    _add(run, "monitor", _job_monitor, "profile and drift metrics of the inference table (InferenceLog profile)",
+         [(["--full-refresh"], {"action": "store_true", "help": "recompute every window, not only new ones"})])
+    _add(run, "ab", _job_ab, "A/B analysis between the served entities, with significance tests",
+         [(["--end"], {"type": _aware_datetime, "default": None, "help": "period end, ISO 8601 with zone"})])
+    _add(jobs, "schedule", _job_schedule, "run the configured jobs on their cron expressions until Ctrl-C")
     config = sub.add_parser("config", help="inspect settings").add_subparsers(
         title="config commands", metavar="COMMAND"
     )
@@ -167,19 +181,37 @@ def _demo(settings: Settings, args: argparse.Namespace) -> int:
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
     from lakeserve.pipelines.workers import Supervisor
 
-    if args.workers < 1:
-        raise ConfigError(f"--workers must be at least 1, got {args.workers}")
+    if args.workers < (0 if args.http else 1):
+        raise ConfigError(f"--workers must be at least {0 if args.http else 1}, got {args.workers}")
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())
     signal.signal(signal.SIGINT, lambda *_: stopped.set())
+    rest = _start_http(settings, args, stopped) if args.http else None
     print(
         f"lakeserve: serving endpoint {settings.endpoint.name} with {args.workers} worker(s) on "
-        f"{settings.kafka.requests_topic}; Ctrl-C stops",
+        f"{settings.kafka.requests_topic}{' and REST' if rest else ''}; Ctrl-C stops",
         flush=True,
     )
-    Supervisor(settings, args.workers).run(stopped)
+    if args.workers:
+        Supervisor(settings, args.workers).run(stopped)
+    else:
+        while not stopped.wait(0.5):
+            pass
+    if rest is not None:
+        rest.join()
     print("lakeserve: service stopped", flush=True)
     return 0
+
+
+def _start_http(settings: Settings, args: argparse.Namespace, stopped: threading.Event) -> threading.Thread:
+    """The REST server in a thread of this process; it drains and flushes once ``stopped`` is set."""
+    from lakeserve.pipelines.http import listen_settings, run_http
+
+    http = listen_settings(settings.http, args.host, args.port)  # a bad host/port fails here, not in the thread
+    thread = threading.Thread(target=run_http, args=(settings, stopped, http.host, http.port), name="http-server")
+    thread.start()
+    print(f"lakeserve: REST on http://{http.host}:{http.port}/serving-endpoints/{settings.endpoint.name}/invocations")
+    return thread
 
 
 def _endpoint_update(settings: Settings, args: argparse.Namespace) -> int:
@@ -206,6 +238,34 @@ def _tables_optimize(settings: Settings, args: argparse.Namespace) -> int:
 
     report = optimize_table(settings.inference_table_uri, retention_hours=args.retention_hours)
     print(report)
+    return 0
+
+
+def _aware_datetime(text: str) -> datetime:
+    value = datetime.fromisoformat(text)
+    if value.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{text!r} has no time zone; add one, e.g. {text}+00:00")
+    return value
+
+
+def _job_monitor(settings: Settings, args: argparse.Namespace) -> int:
+    from lakeserve.jobs.monitor import run_from_settings
+
+    print(run_from_settings(settings, full_refresh=args.full_refresh))
+    return 0
+
+
+def _job_ab(settings: Settings, args: argparse.Namespace) -> int:
+    from lakeserve.jobs.ab_test import run_from_settings
+
+    print(run_from_settings(settings, end=args.end))
+    return 0
+
+
+def _job_schedule(settings: Settings, args: argparse.Namespace) -> int:
+    from lakeserve.jobs.schedule import run_schedule
+
+    run_schedule(settings)
     return 0
 
 

@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 
@@ -22,6 +22,9 @@ from lakeserve.errors import ComponentError
 from lakeserve.pipelines.kafka_settings import KafkaSettings
 from lakeserve.scoring.records import Origin, ScoringRequest
 from lakeserve.scoring.settings import Limits
+
+if TYPE_CHECKING:
+    from lakeserve.pipelines.metrics import LoopMetrics
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +39,9 @@ class RequestSource(Protocol):
         """The next micro-batch (possibly empty)."""
         ...
 
-    def commit(self, positions: Mapping[Partition, int]) -> None:
-        """Mark everything before each position (the next offset to read) as done."""
+    def commit(self, positions: Mapping[Partition, int], *, wait: bool = True) -> None:
+        """Mark everything before each position (the next offset to read) as done; with
+        ``wait=False`` the commit is sent and not awaited (inside a rebalance callback)."""
         ...
 
     def close(self) -> None: ...
@@ -62,11 +66,13 @@ class KafkaRequestSource:
         limits: Limits,
         handler: RebalanceHandler,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        metrics: LoopMetrics | None = None,
     ) -> None:
         from kafka import KafkaConsumer
         from kafka.errors import KafkaError
 
         self.kafka, self.limits, self.clock = kafka, limits, clock
+        self.metrics = metrics  # optional hook: told the consumer lag before each poll
         try:
             self.consumer = KafkaConsumer(
                 **kafka.client_options(),
@@ -86,6 +92,8 @@ class KafkaRequestSource:
 
     def poll(self) -> list[ScoringRequest]:
         """Records until the batch is full or ``max_batch_wait_ms`` passed since the first one."""
+        if self.metrics is not None:
+            self.metrics.consumer_lag(self.lag())
         batch: list[ScoringRequest] = []
         deadline: float | None = None
         while len(batch) < self.limits.max_batch_size:
@@ -101,7 +109,7 @@ class KafkaRequestSource:
                 break
         return batch
 
-    def commit(self, positions: Mapping[Partition, int]) -> None:
+    def commit(self, positions: Mapping[Partition, int], *, wait: bool = True) -> None:
         from kafka import TopicPartition
         from kafka.errors import CommitFailedError, KafkaError
         from kafka.structs import OffsetAndMetadata
@@ -109,6 +117,11 @@ class KafkaRequestSource:
         if not positions:
             return
         offsets = {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in positions.items()}
+        if not wait:
+            # kafka-python runs rebalance callbacks on its IO thread, where a blocking commit is
+            # refused; a lost async commit only means the next owner skips a few more records.
+            self.consumer.commit_async(offsets)
+            return
         try:
             self.consumer.commit(offsets)
         except CommitFailedError as exc:
@@ -120,6 +133,21 @@ class KafkaRequestSource:
 
     def close(self) -> None:
         self.consumer.close(autocommit=False)
+
+    def lag(self) -> dict[Partition, int]:
+        """Highwater minus position per assigned partition, as of the last fetch (no waiting)."""
+        from kafka.errors import KafkaError
+
+        lags: dict[Partition, int] = {}
+        for tp in self.consumer.assignment():
+            high = self.consumer.highwater(tp)
+            try:
+                position = self.consumer.position(tp, timeout_ms=0)
+            except KafkaError:  # moved away meanwhile: no figure this time
+                continue
+            if high is not None and position is not None:
+                lags[(tp.topic, tp.partition)] = max(0, high - position)
+        return lags
 
     def _request(self, topic: str, partition: int, message: Any) -> ScoringRequest:
         headers = {k: v.decode("utf-8", "replace") for k, v in (message.headers or []) if v is not None}

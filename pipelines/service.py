@@ -25,6 +25,7 @@ from lakeserve.monitoring.table_schema import inference_schema
 from lakeserve.pipelines.checkpoint import DeliveryLoop, TableTarget
 from lakeserve.pipelines.kafka_sinks import KafkaResponseSink
 from lakeserve.pipelines.kafka_source import KafkaRequestSource, RebalanceHandler
+from lakeserve.pipelines.metrics import LoopMetrics
 from lakeserve.pipelines.settings import Settings
 from lakeserve.pipelines.updates import EndpointUpdater
 from lakeserve.scoring.core import ScoringCore
@@ -62,7 +63,9 @@ def table_schema(models: Mapping[str, ServedModel], lookup: FeastFeatureLookup) 
     return inference_schema(inputs, predictions)
 
 
-def build_worker(settings: Settings, *, endpoint: EndpointSettings | None = None) -> Worker:
+def build_worker(
+    settings: Settings, *, endpoint: EndpointSettings | None = None, metrics: LoopMetrics | None = None
+) -> Worker:
     endpoint = endpoint or settings.endpoint
     lookup = FeastFeatureLookup(feature_store(settings.feast))
     models = load_models(settings, endpoint)
@@ -92,7 +95,7 @@ def build_worker(settings: Settings, *, endpoint: EndpointSettings | None = None
         log.info("endpoint %s now serves %s", update.endpoint.name, model_summary(update.models))
 
     def make_source(handler: RebalanceHandler) -> KafkaRequestSource:
-        return KafkaRequestSource(settings.kafka, endpoint.limits, handler)
+        return KafkaRequestSource(settings.kafka, endpoint.limits, handler, metrics=metrics)
 
     loop = DeliveryLoop(
         make_source,
@@ -103,6 +106,7 @@ def build_worker(settings: Settings, *, endpoint: EndpointSettings | None = None
         RowBuffer.from_settings(settings.tables, time.monotonic),
         settings.kafka.group_id,
         before_batch=before_batch,
+        metrics=metrics,
     )
     return Worker(loop, core, updater)
 
@@ -112,9 +116,9 @@ def _target(endpoint: EndpointSettings, writer: InferenceTableWriter, schema: pa
     return TableTarget(writer.ensure(schema), endpoint.name, cap.sampling_fraction, cap.payload_cap_bytes)
 
 
-def run_worker(settings: Settings, stop: threading.Event) -> None:
+def run_worker(settings: Settings, stop: threading.Event, metrics: LoopMetrics | None = None) -> None:
     """Build a worker and run its loop until ``stop``; the updater watches in the background."""
-    worker = build_worker(settings)
+    worker = build_worker(settings, metrics=metrics)
     log.info("worker serving %s in group %s", model_summary(worker.core.table.models), settings.kafka.group_id)
     watcher = threading.Thread(target=worker.updater.watch, args=(stop,), name="endpoint-updater", daemon=True)
     watcher.start()

@@ -24,8 +24,9 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from lakeserve.errors import ConfigError
 from lakeserve.features.settings import FeastSettings
-from lakeserve.jobs.settings import SparkSettings
+from lakeserve.jobs.settings import AbSettings, MonitorSettings, ScheduleSettings, SparkSettings
 from lakeserve.monitoring.settings import TablesSettings
+from lakeserve.pipelines.http_settings import HttpSettings
 from lakeserve.pipelines.kafka_settings import KafkaSettings
 from lakeserve.scoring.settings import EndpointSettings, MlflowSettings
 
@@ -53,7 +54,8 @@ class StackSettings(BaseModel):
 
 
 class Settings(BaseSettings):
-    """The whole tree: ``stack``, ``kafka``, ``spark``, ``mlflow``, ``feast``, ``tables``, ``endpoint``."""
+    """The whole tree: ``stack``, ``kafka``, ``spark``, ``mlflow``, ``feast``, ``tables``, ``endpoint``,
+    ``http``, and the jobs' ``monitor``, ``ab`` and ``schedule``."""
 
     model_config = SettingsConfigDict(
         env_prefix="LAKESERVE_", env_nested_delimiter="__", extra="forbid", nested_model_default_partial_update=True
@@ -66,6 +68,10 @@ class Settings(BaseSettings):
     feast: FeastSettings = Field(default_factory=FeastSettings)
     tables: TablesSettings = Field(default_factory=TablesSettings)
     endpoint: EndpointSettings = Field(default_factory=EndpointSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    monitor: MonitorSettings = Field(default_factory=MonitorSettings)
+    ab: AbSettings = Field(default_factory=AbSettings)
+    schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
 
     @classmethod
     def settings_customise_sources(

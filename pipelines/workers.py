@@ -31,7 +31,12 @@ def worker_main(settings: Settings, stop: Any) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s [%(processName)s] %(name)s: %(message)s")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when to stop
     local = threading.Event()
-    threading.Thread(target=lambda: (stop.wait(), local.set()), daemon=True).start()
+
+    def relay() -> None:  # the supervisor's process-shared event, as the thread event the loop reads
+        stop.wait()
+        local.set()
+
+    threading.Thread(target=relay, daemon=True).start()
     run_worker(settings, local)
 
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 import yaml
+from netutil import free_ports
 
 from lakeserve.pipelines.settings import Settings, load_settings
 
@@ -29,7 +30,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 TEST_OVERRIDES = {
-    "kafka": {"bootstrap_servers": ["127.0.0.1:19092"], "session_timeout_ms": 6000},
+    "kafka": {"session_timeout_ms": 6000},
     "spark": {"master": "local[2]", "shuffle_partitions": 2, "driver_memory": "1g"},
     "mlflow": {"ui_port": None},
 }
@@ -43,9 +44,11 @@ def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def config_file(state_dir: Path) -> Path:
     """The test session's settings as a YAML file, so subprocesses load exactly the same tree."""
+    kafka_port, controller_port = free_ports(2)
     data = {
         **TEST_OVERRIDES,
-        "stack": {"state_dir": str(state_dir), "kafka_port": 19092, "kafka_controller_port": 19093},
+        "kafka": {**TEST_OVERRIDES["kafka"], "bootstrap_servers": [f"127.0.0.1:{kafka_port}"]},
+        "stack": {"state_dir": str(state_dir), "kafka_port": kafka_port, "kafka_controller_port": controller_port},
     }
     path = state_dir / "lakeserve.yaml"
     path.write_text(yaml.safe_dump(data))
@@ -57,14 +60,17 @@ def settings(config_file: Path) -> Settings:
     return load_settings(config_file)
 
 
-def wait_for_line(stream_lines: queue.Queue[str], needle: str, timeout_s: float) -> list[str]:
-    """Lines read from a process until one contains ``needle``; fails at the deadline."""
+def wait_for_line(stream_lines: queue.Queue[str | None], needle: str, timeout_s: float) -> list[str]:
+    """Lines read from a process until one contains ``needle``; fails at the deadline or when
+    the process closes its output (None)."""
     seen: list[str] = []
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
             line = stream_lines.get(timeout=max(0.0, deadline - time.monotonic()))
         except queue.Empty:
+            break
+        if line is None:
             break
         seen.append(line)
         if needle in line:
@@ -81,10 +87,14 @@ def stack(config_file: Path, settings: Settings) -> Iterator[Settings]:
         stderr=subprocess.STDOUT,
         text=True,
     )
-    lines: queue.Queue[str] = queue.Queue()
-    assert proc.stdout is not None
-    reader = threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout or []], daemon=True)
-    reader.start()
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def read() -> None:
+        for line in proc.stdout or []:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=read, daemon=True).start()
     try:
         wait_for_line(lines, "stack is up", timeout_s=180)
     except AssertionError:

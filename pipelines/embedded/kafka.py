@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import socket
 import subprocess
 import uuid
 from importlib import resources
@@ -57,6 +58,10 @@ class KafkaBroker:
     def start(self, timeout_s: float = 90.0) -> None:
         """Resolve jars if needed, format storage once, start, wait until a client is served."""
         java = require_java()
+        for port in (self.stack.kafka_port, self.stack.kafka_controller_port):
+            if not port_is_free(port):
+                raise ComponentError("kafka", f"port {port} on 127.0.0.1 is in use by another program; "
+                                     "stop it or set stack.kafka_port / stack.kafka_controller_port")
         self.resolve()
         config = self._write_config()
         if not (self.home / "data" / "meta.properties").exists():
@@ -156,6 +161,17 @@ class KafkaBroker:
 
     def _serves_clients(self) -> bool:
         return list_topics(KafkaSettings(bootstrap_servers=[self.bootstrap])) is not None
+
+
+def port_is_free(port: int) -> bool:
+    """Whether nothing listens on 127.0.0.1:``port`` (so a broker we start can bind it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def _cluster_id() -> str:

@@ -130,3 +130,59 @@ def running(settings: Settings) -> Iterator[Worker]:
         thread.join(timeout=60)
         if errors:
             raise errors[0]
+
+
+class ResponseCollector:
+    """Reads a responses topic from the beginning in a background thread, counting answers per request id."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.counts: dict[str, int] = {}
+        self.statuses: dict[str, set[str]] = {}
+        self.served_by: list[tuple[int, str]] = []  # (answer order, served-model-name)
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        topic = self.settings.kafka.responses_topic
+        consumer = KafkaConsumer(**self.settings.kafka.client_options(), enable_auto_commit=False)
+        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+        consumer.assign(parts)
+        consumer.seek_to_beginning(*parts)
+        while not self._stop.is_set():
+            for records in consumer.poll(timeout_ms=200).values():
+                with self._lock:
+                    for r in records:
+                        h = {k: v.decode() for k, v in r.headers or []}
+                        rid = h["request-id"]
+                        self.counts[rid] = self.counts.get(rid, 0) + 1
+                        self.statuses.setdefault(rid, set()).add(h["status"])
+                        self.served_by.append((len(self.served_by), h.get("served-model-name", "")))
+        consumer.close()
+
+    def answered(self) -> int:
+        with self._lock:
+            return len(self.counts)
+
+    def wait_for(self, count: int, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while self.answered() < count:
+            if time.monotonic() > deadline:
+                pytest.fail(f"only {self.answered()} of {count} requests answered in {timeout_s} s")
+            self._stop.wait(0.1)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
+def produce_tracked(settings: Settings, bodies: list[bytes]) -> list[tuple[int, int]]:
+    """Produce and return each record's (partition, offset) as the broker acknowledged it."""
+    producer = KafkaProducer(**settings.kafka.client_options(), linger_ms=5, acks="all")
+    futures = [producer.send(settings.kafka.requests_topic, value=b, key=str(i).encode()) for i, b in enumerate(bodies)]
+    producer.flush()
+    positions = [(f.get(timeout=30).partition, f.get(timeout=30).offset) for f in futures]
+    producer.close()
+    return positions

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 import pytest
+from netutil import free_ports
 
 from lakeserve.features import demo_repo
 from lakeserve.features.settings import FeastSettings
@@ -19,7 +20,7 @@ from lakeserve.pipelines.embedded.services import RedisServer
 if TYPE_CHECKING:
     from lakeserve.jobs.demo import DemoReport
 
-REDIS_PORT = 16379
+REDIS_PORT = free_ports(1)[0]
 
 
 @pytest.fixture(scope="module")
