@@ -181,10 +181,12 @@ class EndpointUpdater:
     def _write_status(self, state: str, error: str | None) -> None:
         path = control_file(self.state_dir, self.current.endpoint.name).with_suffix(".status.json")
         path.parent.mkdir(parents=True, exist_ok=True)
+        now = datetime.now(UTC)
         status = {
             "state": state,
             "error": error,
-            "at": datetime.now(UTC).isoformat(),
+            "at": now.isoformat(),
+            "at_epoch": now.timestamp(),
             "pid": os.getpid(),
             "serving": {n: f"{m.model_name}/{m.model_version}" for n, m in self.current.models.items()},
         }

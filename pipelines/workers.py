@@ -95,6 +95,9 @@ class Supervisor:
         return [p.pid for p in self.workers.values() if p.pid is not None and p.is_alive()]
 
     def _spawn(self, slot: int) -> None:
-        p = self.ctx.Process(target=self.target, args=(self.settings, self.stop_event), name=f"worker-{slot}")
+        # daemon: multiprocessing ends the workers when the supervisor exits, whatever the path
+        p = self.ctx.Process(
+            target=self.target, args=(self.settings, self.stop_event), name=f"worker-{slot}", daemon=True
+        )
         p.start()
         self.workers[slot] = p

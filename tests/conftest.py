@@ -75,7 +75,7 @@ def wait_for_line(stream_lines: queue.Queue[str | None], needle: str, timeout_s:
         seen.append(line)
         if needle in line:
             return seen
-    raise AssertionError(f"no line with {needle!r} within {timeout_s} s; output:\n{''.join(seen)}")
+    raise AssertionError(f"no line with {needle!r} (deadline {timeout_s} s, or the output closed):\n{''.join(seen)}")
 
 
 @pytest.fixture(scope="session")

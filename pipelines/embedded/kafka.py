@@ -149,8 +149,7 @@ class KafkaBroker:
             f"{self.libs}/*",
             "kafka.tools.StorageTool",
             "format",
-            "-t",
-            _cluster_id(),
+            f"--cluster-id={_cluster_id()}",  # a random id may start with "-"
             "-c",
             str(config),
             "--standalone",

@@ -1,0 +1,148 @@
+"""Zero-downtime updates: under load, a new traffic split is loaded in the background and
+swapped between micro-batches with no failed request; a version that cannot load is refused
+and the old config keeps serving."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from conftest_helpers import answers_for, produce, running, settings_for
+
+from lakeserve.jobs.demo_data import request_bodies
+from lakeserve.pipelines.settings import Settings
+from lakeserve.pipelines.updates import read_status
+
+
+def endpoint_file(tmp_path: Path, settings: Settings, **changes: object) -> Path:
+    data = settings.endpoint.model_dump(mode="json")
+    data.update(changes)
+    path = tmp_path / "endpoint.yaml"
+    path.write_text(yaml.safe_dump({"endpoint": data}))
+    return path
+
+
+def cli(config_file: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "lakeserve.pipelines.cli", "--config", str(config_file), *args],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+def wait_status(settings: Settings, state: str, since: float, timeout_s: float = 90) -> dict[str, object]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = read_status(settings.stack.state_dir, settings.endpoint.name)
+        if status and status["state"] == state and float(str(status["at_epoch"])) >= since:
+            return status
+        threading.Event().wait(0.1)
+    pytest.fail(
+        f"no {state!r} update status within {timeout_s} s: {read_status(settings.stack.state_dir, settings.endpoint.name)}"
+    )
+
+
+class PacedProducer(threading.Thread):
+    """Produces the bodies at a steady pace until they run out, remembering when each was sent."""
+
+    def __init__(self, settings: Settings, bodies: list[bytes], per_second: float) -> None:
+        super().__init__(daemon=True)
+        self.settings, self.bodies, self.interval = settings, bodies, 1.0 / per_second
+        self.sent_at: list[float] = []
+
+    def run(self) -> None:
+        pace = threading.Event()
+        for i, body in enumerate(self.bodies):
+            produce(self.settings, [body], [str(i).encode()])
+            self.sent_at.append(time.time())
+            pace.wait(self.interval)  # pacing the load, not waiting for readiness
+
+
+def test_traffic_update_under_load_swaps_without_failures(
+    stack: Settings, demo_assets, config_file: Path, tmp_path: Path
+) -> None:
+    settings = settings_for(stack, "hot-swap")
+    customers = pd.read_parquet(demo_assets.data_dir / "customers.parquet")
+    bodies = request_bodies(customers, 240, seed=31)
+    new = endpoint_file(
+        tmp_path,
+        settings,
+        traffic_config={
+            "routes": [
+                {"served_model_name": "champion", "traffic_percentage": 0},
+                {"served_model_name": "challenger", "traffic_percentage": 100},
+            ]
+        },
+    )
+    with running(settings) as worker:
+        watcher = threading.Thread(target=worker.updater.watch, args=(threading.Event(),), daemon=True)
+        watcher.start()
+        producer = PacedProducer(settings, bodies, per_second=40)
+        producer.start()
+        answers_for(settings, 40)  # load is flowing
+        published = time.time()
+        done = cli(config_file, "endpoint", "update", str(new))
+        assert done.returncode == 0, done.stderr
+        status = wait_status(settings, "applied", published)
+        applied_at = time.time()
+        producer.join(timeout=120)
+        answers = answers_for(settings, len(bodies))
+        worker.loop.flush()
+
+    assert status["serving"] == {"champion": "card_fraud/1", "challenger": "card_fraud/2"}
+    assert {a.headers["status"] for a in answers.values()} == {"200"}  # no failed request
+    by_index = {int(a.key.decode()): a.headers["served-model-name"] for a in answers.values()}
+    before = {by_index[i] for i, t in enumerate(producer.sent_at) if t < published}
+    after = {by_index[i] for i, t in enumerate(producer.sent_at) if t > applied_at}
+    assert before == {"champion", "challenger"}
+    assert after == {"challenger"}
+
+
+def test_update_that_cannot_load_keeps_the_old_config(
+    stack: Settings, demo_assets, config_file: Path, tmp_path: Path
+) -> None:
+    settings = settings_for(stack, "bad-update")
+    customers = pd.read_parquet(demo_assets.data_dir / "customers.parquet")
+    entities = settings.endpoint.model_dump(mode="json")["served_entities"]
+    entities[1]["workload_type"] = "GPU_SMALL"  # no CUDA on this machine: the load fails
+    new = endpoint_file(tmp_path, settings, served_entities=entities)
+    with running(settings) as worker:
+        published = time.time()
+        done = cli(config_file, "endpoint", "update", str(new))
+        assert done.returncode == 0, done.stderr
+        worker.updater.check()
+        status = wait_status(settings, "failed", published)
+        produce(settings, request_bodies(customers, 30, seed=5))
+        answers = answers_for(settings, 30)
+    assert "no CUDA device" in str(status["error"])
+    assert {a.headers["status"] for a in answers.values()} == {"200"}
+    assert {a.headers["served-model-name"] for a in answers.values()} == {"champion", "challenger"}
+    assert worker.core.table.endpoint == settings.endpoint  # the old config still serves
+
+
+def test_bad_endpoint_file_is_refused_by_the_cli(config_file: Path, tmp_path: Path, stack: Settings) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        yaml.safe_dump(
+            {
+                "endpoint": {
+                    "name": "fraud-detection",
+                    "traffic_config": {"routes": [{"served_model_name": "champion", "traffic_percentage": 60}]},
+                }
+            }
+        )
+    )
+    done = cli(config_file, "endpoint", "update", str(bad))
+    assert done.returncode == 2
+    assert (
+        "endpoint.traffic_config: traffic percentages must sum to 100, got 60"
+        in done.stderr.replace("invalid endpoint", "").replace("\n  ", "\n")
+        or "traffic percentages must sum to 100, got 60" in done.stderr
+    )
