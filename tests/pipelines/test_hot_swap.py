@@ -44,9 +44,8 @@ def wait_status(settings: Settings, state: str, since: float, timeout_s: float =
         if status and status["state"] == state and float(str(status["at_epoch"])) >= since:
             return status
         threading.Event().wait(0.1)
-    pytest.fail(
-        f"no {state!r} update status within {timeout_s} s: {read_status(settings.stack.state_dir, settings.endpoint.name)}"
-    )
+    last = read_status(settings.stack.state_dir, settings.endpoint.name)
+    pytest.fail(f"no {state!r} update status within {timeout_s} s: {last}")
 
 
 class PacedProducer(threading.Thread):
@@ -141,8 +140,4 @@ def test_bad_endpoint_file_is_refused_by_the_cli(config_file: Path, tmp_path: Pa
     )
     done = cli(config_file, "endpoint", "update", str(bad))
     assert done.returncode == 2
-    assert (
-        "endpoint.traffic_config: traffic percentages must sum to 100, got 60"
-        in done.stderr.replace("invalid endpoint", "").replace("\n  ", "\n")
-        or "traffic percentages must sum to 100, got 60" in done.stderr
-    )
+    assert "traffic_config: traffic percentages must sum to 100, got 60" in done.stderr
