@@ -49,9 +49,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lakeserve.errors import ConfigError, InvalidInput, ModelError, NotFound, ScoringError, ScoringTimeout
+from lakeserve.errors import ConfigError, InvalidInput, NotFound, ScoringError, ScoringTimeout
 from lakeserve.features.lookup import FeatureLookup, key_tuples
-from lakeserve.scoring.models import PREDICTION, ServedModel, conform
+from lakeserve.scoring.models import PREDICTION, ServedModel, conform, predict_isolating
 from lakeserve.scoring.records import RecordResult, RequestResult, ScoringRequest, Timings
 from lakeserve.scoring.requests import ParsedRequest, parse
 from lakeserve.scoring.routing import Router, key_string
@@ -248,13 +248,13 @@ class ScoringCore:
         if not ok:
             return 0.0
         start = time.perf_counter()
-        outcomes = _predict_isolating(model, conformed.frame)
+        out, failures = predict_isolating(model, conformed.frame)
         elapsed = (time.perf_counter() - start) * 1000
-        for i, outcome in zip(ok, outcomes, strict=True):
-            if isinstance(outcome, ModelError):
-                todo[i].fail(outcome)
+        for i, prediction, failure in zip(ok, _predictions(out, len(ok)), failures, strict=True):
+            if failure is not None:
+                todo[i].fail(failure)
             else:
-                todo[i].record.prediction, todo[i].record.execution_time_ms = outcome, elapsed
+                todo[i].record.prediction, todo[i].record.execution_time_ms = prediction, elapsed
         self._expire([todo[i] for i in ok])
         return elapsed
 
@@ -264,19 +264,6 @@ class ScoringCore:
             if not it.done and now > it.deadline:
                 it.record.prediction = None
                 it.fail(ScoringTimeout(f"record not scored within {self._table.endpoint.limits.timeout_s} s"))
-
-
-def _predict_isolating(model: ServedModel, frame: pd.DataFrame) -> list[Any]:
-    """One prediction (or ModelError) per row. If the batch raises, its halves are retried, down
-    to single rows, so one poison record fails alone instead of taking its batch with it."""
-    try:
-        return _predictions(model.predict(frame), len(frame))
-    except Exception as exc:  # the model is user code: wrapped where it enters
-        if len(frame) == 1:
-            return [ModelError(f"served entity {model.name!r} failed: {type(exc).__name__}: {exc}")]
-    half = len(frame) // 2
-    return [*_predict_isolating(model, frame.iloc[:half].reset_index(drop=True)),
-            *_predict_isolating(model, frame.iloc[half:].reset_index(drop=True))]
 
 
 def _copies(entity: str, router: Router) -> list[tuple[str, bool]]:
@@ -332,6 +319,8 @@ def _describe(join_keys: Sequence[str], key: tuple[Hashable | None, ...]) -> str
 def _predictions(out: pd.DataFrame, rows: int) -> list[Any]:
     if len(out) != rows:
         raise ValueError(f"model returned {len(out)} predictions for {rows} rows")
+    if out.shape[1] == 0:  # every row failed: nothing to answer
+        return [None] * rows
     values = _plain_rows(out.reset_index(drop=True))
     if out.shape[1] == 1:
         column = PREDICTION if PREDICTION in out.columns else str(out.columns[0])

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from lakeserve.errors import ComponentError, ConfigError, InvalidInput
+from lakeserve.errors import ComponentError, ConfigError, InvalidInput, ModelError
 from lakeserve.scoring.settings import MlflowSettings, ServedEntity
 
 if TYPE_CHECKING:
@@ -212,6 +212,26 @@ def prediction_frame(raw: Any, rows: int, names: Sequence[str] = ()) -> pd.DataF
     if len(out) != rows:
         raise ValueError(f"model returned {len(out)} predictions for {rows} rows")
     return out
+
+
+def predict_isolating(model: ServedModel, frame: pd.DataFrame) -> tuple[pd.DataFrame, list[ModelError | None]]:
+    """Predictions aligned with ``frame`` (NaN where failed) and one error or None per row.
+
+    If the batch raises, its halves are retried, down to single rows, so one poison record fails
+    alone instead of taking its batch with it. The stream and the batch job both score this way."""
+    try:
+        out = model.predict(frame)
+        if len(out) != len(frame):
+            raise ValueError(f"model returned {len(out)} predictions for {len(frame)} rows")
+        return out.reset_index(drop=True), [None] * len(frame)
+    except Exception as exc:  # the model is user code: wrapped where it enters
+        if len(frame) == 1:
+            error = ModelError(f"served entity {model.name!r} failed: {type(exc).__name__}: {exc}")
+            return pd.DataFrame(index=range(1)), [error]
+    half = len(frame) // 2
+    first, first_errors = predict_isolating(model, frame.iloc[:half].reset_index(drop=True))
+    second, second_errors = predict_isolating(model, frame.iloc[half:].reset_index(drop=True))
+    return pd.concat([first, second], ignore_index=True), first_errors + second_errors
 
 
 def require_cuda(entity: ServedEntity) -> None:
