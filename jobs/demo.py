@@ -1,7 +1,8 @@
-"""The main job on the embedded defaults: stack up, demo data, models, features, a summary.
+"""The demo's assets: data, Feast features (online and as a Delta table), registered models.
 
-``lakeserve demo`` runs it. Every step is idempotent, so a second run reuses what the first
-left (jars, topics, registered models) and needs no cleaning by hand.
+The main job (:mod:`lakeserve.jobs.end_to_end`) and the tests prepare them with
+:func:`prepare_assets`. Every step is idempotent, so a second run reuses what the first left
+(data files, registered models) and needs no cleaning by hand.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pandas as pd
+
 from lakeserve.features import demo_repo
 from lakeserve.features.store import apply_definitions, feature_store
 from lakeserve.jobs import demo_data, demo_models
-from lakeserve.pipelines.embedded.stack import Stack
 from lakeserve.pipelines.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -35,20 +37,6 @@ class DemoReport:
     timings_s: dict[str, float] = field(default_factory=dict)
 
 
-def run_demo(settings: Settings, *, keep_up: bool = False) -> DemoReport:
-    """Run every step; stops the components it started unless ``keep_up``."""
-    report = DemoReport()
-    stack = Stack(settings)
-    with _step(report, "stack up"):
-        report.started = stack.up()
-    try:
-        prepare_assets(settings, report)
-    finally:
-        if not keep_up:
-            stack.down()
-    return report
-
-
 def prepare_assets(settings: Settings, report: DemoReport | None = None) -> DemoReport:
     """Data, feature registration and materialization, models: what the service needs to run."""
     report = report or DemoReport()
@@ -61,6 +49,7 @@ def prepare_assets(settings: Settings, report: DemoReport | None = None) -> Demo
     with _step(report, "features"):
         apply_definitions(store, demo_repo.definitions(data_dir / "customers.parquet"))
         store.materialize_incremental(end_date=datetime.now(UTC))
+        _feature_table(settings.table_uri(demo_repo.FEATURE_VIEW), data.customers)
     with _step(report, "models"):
         report.models = demo_models.ensure_models(store, data.transactions, settings.mlflow)
     report.online_check = _online_check(store, [1, 2, 3])
@@ -69,14 +58,20 @@ def prepare_assets(settings: Settings, report: DemoReport | None = None) -> Demo
 
 def _data(folder: Path) -> demo_data.DemoData:
     """Generate once; later runs read the files back so features and models stay consistent."""
-    import pandas as pd
-
     customers, transactions = folder / "customers.parquet", folder / "transactions.parquet"
     if customers.exists() and transactions.exists():
         return demo_data.DemoData(pd.read_parquet(customers), pd.read_parquet(transactions))
     data = demo_data.generate()
     data.write(folder)
     return data
+
+
+def _feature_table(uri: str, customers: pd.DataFrame) -> None:
+    """The view's rows as a Delta table too: batch scoring joins them point-in-time in Spark."""
+    from deltalake import DeltaTable, write_deltalake
+
+    if not DeltaTable.is_deltatable(uri):
+        write_deltalake(uri, customers, mode="overwrite")
 
 
 def _online_check(store: object, keys: list[int]) -> dict[int, dict[str, object]]:
@@ -98,24 +93,3 @@ def _step(report: DemoReport, name: str) -> Iterator[None]:
         yield
     finally:
         report.timings_s[name] = round(time.monotonic() - start, 1)
-
-
-def format_report(report: DemoReport, settings: Settings) -> str:
-    lines = ["lakeserve demo", "=============="]
-    lines.append(f"stack: kafka {settings.kafka.bootstrap_servers[0]} (started: {', '.join(report.started) or 'none'})")
-    lines.append(f"mlflow: {settings.mlflow.tracking_uri}")
-    lines.append(
-        f"feast: project {settings.feast.project}, {settings.feast.online_store} online store "
-        f"at {settings.feast.repo_path}"
-    )
-    lines.append(
-        f"data: {report.customers} customers, {report.transactions} transactions "
-        f"({report.fraud_rate:.1%} fraud) in {report.data_dir}"
-    )
-    for m in report.models:
-        auc = f", test AUC {m.auc:.3f}" if m.auc is not None else " (already registered)"
-        lines.append(f"model: {demo_models.MODEL_NAME} v{m.version} @{m.alias} on {m.feature_service}{auc}")
-    for key, values in report.online_check.items():
-        lines.append(f"online features customer_id={key}: {values}")
-    lines.append("timings (s): " + ", ".join(f"{k} {v}" for k, v in report.timings_s.items()))
-    return "\n".join(lines)

@@ -11,6 +11,7 @@ Fraud is planted by a known logistic rule, so a model can learn it and a test ca
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -99,9 +100,15 @@ def fraud_probability(tx: pd.DataFrame, customer: pd.DataFrame) -> np.ndarray:
 
 
 def request_bodies(
-    customers: pd.DataFrame, n: int, seed: int = 11, records_per_request: int = 1, prefix: str = "demo"
+    customers: pd.DataFrame,
+    n: int,
+    seed: int = 11,
+    records_per_request: int = 1,
+    prefix: str = "demo",
+    amount_scale: float = 1.0,
 ) -> list[bytes]:
-    """Scoring requests as ``dataframe_records`` bodies carrying only request-time fields."""
+    """Scoring requests as ``dataframe_records`` bodies carrying only request-time fields;
+    ``amount_scale`` != 1 plants drift in ``amount`` against the training data."""
     rng = np.random.default_rng(seed)
     bodies = []
     for i in range(n):
@@ -109,7 +116,7 @@ def request_bodies(
         records = [
             {
                 "customer_id": int(c.customer_id),
-                "amount": round(float(c.avg_amount_30d * rng.lognormal(0.0, 0.8)), 2),
+                "amount": round(float(c.avg_amount_30d * rng.lognormal(0.0, 0.8) * amount_scale), 2),
                 "merchant_category": str(rng.choice(MERCHANTS)),
                 "hour_of_day": int(rng.integers(0, 24)),
                 "is_online": int(rng.integers(0, 2)),
@@ -118,3 +125,18 @@ def request_bodies(
         ]
         bodies.append(json.dumps({"dataframe_records": records, "client_request_id": f"{prefix}-{i}"}).encode())
     return bodies
+
+
+def bad_bodies(n: int, seed: int = 13) -> list[bytes]:
+    """Requests that cannot be scored, one kind after another: malformed JSON, an unknown body
+    format, an unknown customer, a value of the wrong type, a non-finite number."""
+    rng = np.random.default_rng(seed)
+    good = {"customer_id": 1, "amount": 10.0, "merchant_category": "fuel", "hour_of_day": 9, "is_online": 0}
+    kinds: list[Callable[[], bytes]] = [
+        lambda: b'{"dataframe_records": [{"customer_id": 1,',
+        lambda: json.dumps({"rows": [good]}).encode(),
+        lambda: json.dumps({"dataframe_records": [{**good, "customer_id": int(rng.integers(10**6, 10**7))}]}).encode(),
+        lambda: json.dumps({"dataframe_records": [{**good, "hour_of_day": "late"}]}).encode(),
+        lambda: json.dumps({"dataframe_records": [good]}).replace('"amount": 10.0', '"amount": NaN').encode(),
+    ]
+    return [kinds[i % len(kinds)]() for i in range(n)]

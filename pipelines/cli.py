@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from lakeserve.errors import ConfigError, LakeserveError
+from lakeserve.jobs.batch_args import add_batch_arguments
 from lakeserve.pipelines.settings import Settings, load_settings
 
 Handler = Callable[[Settings, argparse.Namespace], int]
@@ -65,8 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
         sub,
         "demo",
         _demo,
-        "the main job: stack up, demo data, models, features, and a summary",
-        [(["--keep-up"], {"action": "store_true", "help": "leave the stack running afterwards"})],
+        "the main job end to end: stack, demo data and models, batch scoring, the service under traffic, "
+        "monitor and A/B jobs, notebooks, and a report",
+        [
+            (["--keep-up"], {"action": "store_true", "help": "leave the stack running afterwards"}),
+            (["--workers"], {"type": int, "default": 2, "help": "scoring workers (default 2)"}),
+        ],
     )
     _add(
         sub,
@@ -108,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
          [(["--full-refresh"], {"action": "store_true", "help": "recompute every window, not only new ones"})])
     _add(run, "ab", _job_ab, "A/B analysis between the served entities, with significance tests",
          [(["--end"], {"type": _aware_datetime, "default": None, "help": "period end, ISO 8601 with zone"})])
+    batch = _add(run, "batch-score", _job_batch_score,
+                 "score every row of a table with the endpoint's served entities, in one Delta commit")
+    add_batch_arguments(batch)
     _add(jobs, "schedule", _job_schedule, "run the configured jobs on their cron expressions until Ctrl-C")
     config = sub.add_parser("config", help="inspect settings").add_subparsers(
         title="config commands", metavar="COMMAND"
@@ -171,10 +179,10 @@ def _print_status(stack: Any) -> None:
 
 
 def _demo(settings: Settings, args: argparse.Namespace) -> int:
-    from lakeserve.jobs.demo import format_report, run_demo
+    from lakeserve.jobs.end_to_end import format_main_report, run_main_job
 
-    report = run_demo(settings, keep_up=args.keep_up)
-    print(format_report(report, settings))
+    report = run_main_job(settings, keep_up=args.keep_up, workers=args.workers)
+    print(format_main_report(report))
     return 0
 
 
@@ -259,6 +267,16 @@ def _job_ab(settings: Settings, args: argparse.Namespace) -> int:
     from lakeserve.jobs.ab_test import run_from_settings
 
     print(run_from_settings(settings, end=args.end))
+    return 0
+
+
+def _job_batch_score(settings: Settings, args: argparse.Namespace) -> int:
+    from lakeserve.jobs.batch_args import options_from_args
+    from lakeserve.jobs.batch_score import format_report, run_batch_score
+    from lakeserve.jobs.spark import spark_session
+
+    spark = spark_session(settings.spark, ivy_dir=settings.stack.cache_dir / "ivy")
+    print(format_report(run_batch_score(spark, settings, args.input, args.output, options_from_args(args))))
     return 0
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from lakeserve.errors import ConfigError
@@ -132,6 +132,28 @@ def load_settings(
         return Settings(**data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, source)) from None
+
+
+def write_settings(settings: Settings, path: Path) -> Path:
+    """Write the resolved tree as YAML that :func:`load_settings` reads back to an equal tree, for
+    subprocesses (notebooks, spark-submit). Secrets are written in clear: the file is 0600."""
+    data = settings.model_dump(mode="python")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600, exist_ok=True)
+    path.write_text(yaml.safe_dump(_plain(data), sort_keys=False))
+    return path
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, Path):
+        return str(value)
+    return value
 
 
 def format_validation_error(exc: ValidationError, source: Path | None = None) -> str:

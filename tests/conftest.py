@@ -31,7 +31,13 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 TEST_OVERRIDES = {
     "kafka": {"session_timeout_ms": 6000},
-    "spark": {"master": "local[2]", "shuffle_partitions": 2, "driver_memory": "1g"},
+    "spark": {
+        "master": "local[2]",
+        "shuffle_partitions": 2,
+        "driver_memory": "1g",
+        # tiny tables: rebuilding a Delta snapshot in 50 tasks costs more than the data
+        "conf": {"spark.databricks.delta.snapshotPartitions": "2"},
+    },
     "mlflow": {"ui_port": None},
 }
 

@@ -143,3 +143,19 @@ def test_secrets_are_masked_when_shown(tmp_path: Path) -> None:
     s = load_settings(path)
     assert "hunter2" not in s.model_dump_json()
     assert s.kafka.client_options()["sasl_plain_password"] == "hunter2"
+
+
+def test_written_settings_load_back_equal(tmp_path: Path) -> None:
+    from lakeserve.pipelines.settings import write_settings
+
+    original = load_settings(write(tmp_path, {
+        "stack": {"state_dir": str(tmp_path / "st")},
+        "feast": {"online_store": "redis", "redis_connection_string": "127.0.0.1:7777,password=s3cret"},
+        "kafka": {"security_protocol": "SASL_SSL", "sasl_mechanism": "PLAIN", "sasl_username": "u",
+                  "sasl_password": "hunter2"},
+    }))
+    path = write_settings(original, tmp_path / "out" / "settings.yaml")
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    again = load_settings(path)
+    assert again == original
+    assert again.feast.redis_connection_string.get_secret_value() == "127.0.0.1:7777,password=s3cret"

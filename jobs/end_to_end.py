@@ -1,0 +1,208 @@
+"""The main job, end to end, on the embedded defaults (``lakeserve demo``).
+
+1. bring the stack up; demo data, Feast features (online and as a Delta feature table), models;
+2. batch-score the historical transactions (the monitor's baseline);
+3. start the service with two workers and send a few thousand requests through Kafka, a share
+   of them bad and the good ones with drift planted in ``amount``; read every answer back;
+4. stop the service (it flushes the inference table), run the monitor and A/B jobs;
+5. execute the notebooks against the tables; print where everything is.
+
+Every step is idempotent: a second run adds its traffic and recomputes the jobs, nothing to clean.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lakeserve.jobs import demo_data
+from lakeserve.jobs.demo import DemoReport, prepare_assets
+from lakeserve.jobs.demo_traffic import Traffic, TrafficReport
+from lakeserve.pipelines.embedded.stack import Stack
+from lakeserve.pipelines.settings import Settings
+
+log = logging.getLogger(__name__)
+
+GOOD_REQUESTS = 2850
+BAD_REQUESTS = 150
+DRIFT_SCALE = 2.5  # stream amounts against the training data's
+
+
+@dataclass
+class MainReport:
+    assets: DemoReport = field(default_factory=DemoReport)
+    batch: Any = None
+    traffic: TrafficReport = field(default_factory=TrafficReport)
+    table_rows: int = 0
+    monitor: Any = None
+    ab: Any = None
+    notebooks: list[Path] = field(default_factory=list)
+    locations: dict[str, str] = field(default_factory=dict)
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+
+def run_main_job(settings: Settings, *, keep_up: bool = False, workers: int = 2) -> MainReport:
+    report = MainReport()
+    stack = Stack(settings)
+    with _step(report, "stack up"):
+        report.assets.started = stack.up()
+    try:
+        with _step(report, "assets"):
+            prepare_assets(settings, report.assets)
+        settings = _with_baseline(settings)
+        with _step(report, "batch scoring"):
+            report.batch = _batch(settings)
+        with _step(report, "streaming"):
+            report.traffic = _stream(settings, workers)
+        report.table_rows = _count_rows(settings.inference_table_uri)
+        with _step(report, "monitor"):
+            report.monitor = _monitor(settings)
+        with _step(report, "a/b"):
+            report.ab = _ab(settings)
+        with _step(report, "notebooks"):
+            report.notebooks = _notebooks(settings)
+        report.locations = _locations(settings, report)
+    finally:
+        if not keep_up:
+            stack.down()
+    return report
+
+
+def _with_baseline(settings: Settings) -> Settings:
+    """The monitor compares the stream with the batch scores of the training transactions."""
+    if settings.monitor.baseline_table is not None:
+        return settings
+    monitor = settings.monitor.model_copy(update={"baseline_table": _batch_output(settings)})
+    return settings.model_copy(update={"monitor": monitor})
+
+
+def _batch_output(settings: Settings) -> str:
+    return settings.table_uri(f"{settings.endpoint.auto_capture_config.table_name_prefix}_batch_scores")
+
+
+def _batch(settings: Settings) -> Any:
+    from lakeserve.jobs.batch_score import run_batch_score
+    from lakeserve.jobs.spark import spark_session
+
+    spark = spark_session(settings.spark, ivy_dir=settings.stack.cache_dir / "ivy")
+    source = str(settings.stack.state_dir / "demo" / "transactions.parquet")
+    return run_batch_score(spark, settings, source, _batch_output(settings))
+
+
+def _stream(settings: Settings, workers: int) -> TrafficReport:
+    import pandas as pd
+
+    from lakeserve.pipelines.workers import Supervisor
+
+    customers = pd.read_parquet(settings.stack.state_dir / "demo" / "customers.parquet")
+    run_id = uuid.uuid4().hex[:8]
+    bodies = demo_data.request_bodies(customers, GOOD_REQUESTS, seed=int(time.time()) % 1000,
+                                      prefix=f"demo-{run_id}", amount_scale=DRIFT_SCALE)
+    bodies += demo_data.bad_bodies(BAD_REQUESTS)
+    order = np.random.default_rng(1).permutation(len(bodies))
+    supervisor = Supervisor(settings, workers)
+    stopped = threading.Event()
+    runner = threading.Thread(target=supervisor.run, args=(stopped,), name="supervisor", daemon=True)
+    traffic = Traffic(settings.kafka)
+    runner.start()
+    try:
+        return traffic.run([bodies[i] for i in order], run_id)
+    finally:
+        traffic.close()
+        stopped.set()
+        runner.join(timeout=120)
+
+
+def _count_rows(uri: str) -> int:
+    from deltalake import DeltaTable
+
+    return int(DeltaTable(uri).count())
+
+
+def _monitor(settings: Settings) -> Any:
+    from lakeserve.jobs.monitor import run_monitor
+    from lakeserve.jobs.monitor_steps import MonitorTables
+    from lakeserve.jobs.spark import spark_session
+
+    spark = spark_session(settings.spark, ivy_dir=settings.stack.cache_dir / "ivy")
+    tables = MonitorTables.beside(settings.inference_table_uri, settings.monitor)
+    return run_monitor(spark, settings.monitor, tables)
+
+
+def _ab(settings: Settings) -> Any:
+    from lakeserve.jobs.ab_test import output_locations, run_ab
+    from lakeserve.jobs.spark import spark_session
+
+    spark = spark_session(settings.spark, ivy_dir=settings.stack.cache_dir / "ivy")
+    output, markdown = output_locations(settings)
+    return run_ab(spark, settings.ab, settings.inference_table_uri, output, markdown)
+
+
+def _notebooks(settings: Settings) -> list[Path]:
+    from lakeserve.jobs.notebooks import execute_notebooks
+
+    return execute_notebooks(settings, settings.stack.state_dir / "notebooks")
+
+
+def _locations(settings: Settings, report: MainReport) -> dict[str, str]:
+    from lakeserve.jobs.ab_test import output_locations
+    from lakeserve.jobs.monitor_steps import MonitorTables
+
+    tables = MonitorTables.beside(settings.inference_table_uri, settings.monitor)
+    output, markdown = output_locations(settings)
+    return {
+        "inference table": settings.inference_table_uri,
+        "batch scores (monitor baseline)": _batch_output(settings),
+        "profile metrics": tables.profile,
+        "drift metrics": tables.drift,
+        "a/b results": output,
+        "a/b summary": str(markdown),
+        **{f"evidently report {i + 1}": r for i, r in enumerate(report.monitor.reports if report.monitor else [])},
+        **{f"notebook {p.stem}": str(p) for p in report.notebooks},
+        "mlflow": str(settings.mlflow.tracking_uri),
+        "feast": str(settings.feast.repo_path),
+    }
+
+
+@contextmanager
+def _step(report: MainReport, name: str) -> Iterator[None]:
+    log.info("main job: %s ...", name)
+    start = time.monotonic()
+    try:
+        yield
+    finally:
+        report.timings_s[name] = round(time.monotonic() - start, 1)
+
+
+def format_main_report(report: MainReport) -> str:
+    t = report.traffic
+    errors = {k: v for k, v in sorted(t.by_status.items()) if k != "200"}
+    lines = ["lakeserve: the main job, end to end", "=" * 36]
+    lines.append("models: " + ", ".join(f"{m.alias} = card_fraud v{m.version} ({m.feature_service})"
+                                         for m in report.assets.models))
+    if report.batch is not None:
+        lines.append(f"batch scoring: {report.batch.rows} rows, by entity {report.batch.by_entity}")
+    lines.append(f"requests: {t.sent} sent, {t.answered} answered ({t.duplicates} duplicate answers), "
+                 f"{t.by_status.get('200', 0)} ok, errors {errors}, dead letters {t.dead_letters}")
+    lines.append(f"traffic split: {dict(t.by_entity)}")
+    lines.append(f"latency (produce to answer): p50 {t.percentile(50):.0f} ms, p99 {t.percentile(99):.0f} ms; "
+                 f"{t.sent / t.seconds:.0f} requests/s" if t.seconds else "latency: n/a")
+    lines.append(f"inference table: {report.table_rows} rows in total")
+    if report.monitor is not None:
+        flagged = sorted({f"{f.column_name} ({f.drift_type})" for f in report.monitor.flags})
+        lines.append(f"drift: {', '.join(flagged) if flagged else 'none flagged'}")
+    if report.ab is not None:
+        lines.append("a/b verdict: " + "; ".join(f"{k}: {v}" for k, v in report.ab.verdicts.items()))
+    lines.append("where things are:")
+    lines += [f"  {k}: {v}" for k, v in report.locations.items()]
+    lines.append("timings (s): " + ", ".join(f"{k} {v}" for k, v in report.timings_s.items()))
+    return "\n".join(lines)
