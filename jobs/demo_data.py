@@ -34,8 +34,10 @@ class DemoData:
         """Write both frames as parquet; returns (customers, transactions) paths."""
         folder.mkdir(parents=True, exist_ok=True)
         customers, transactions = folder / "customers.parquet", folder / "transactions.parquet"
-        self.customers.to_parquet(customers, index=False)
-        self.transactions.to_parquet(transactions, index=False)
+        # microseconds: Spark cannot read parquet's nanosecond timestamps
+        options = {"coerce_timestamps": "us", "allow_truncated_timestamps": True}
+        self.customers.to_parquet(customers, index=False, **options)
+        self.transactions.to_parquet(transactions, index=False, **options)
         return customers, transactions
 
 

@@ -85,7 +85,14 @@ class KafkaRequestSource:
                 max_partition_fetch_bytes=limits.max_request_bytes + 1024 * 1024,
                 fetch_max_bytes=max(52_428_800, limits.max_request_bytes + 1024 * 1024),
                 client_id=f"lakeserve-{kafka.group_id}",
+                metadata_max_age_ms=10_000,  # a missed assignment heals in seconds, not minutes
             )
+            # Fetch the topic's metadata before joining: kafka-python's group leader otherwise may
+            # compute the assignment without it and leave the group idle until the next refresh.
+            if not self.consumer.partitions_for_topic(kafka.requests_topic):
+                raise ComponentError(
+                    "kafka", f"topic {kafka.requests_topic!r} does not exist (lakeserve up creates it)"
+                )
             self.consumer.subscribe([kafka.requests_topic], listener=_Listener(handler))
         except KafkaError as exc:
             raise ComponentError("kafka", f"cannot join group {kafka.group_id!r}: {exc}") from exc
