@@ -113,8 +113,10 @@ def _stream(settings: Settings, workers: int) -> TrafficReport:
     stopped = threading.Event()
     runner = threading.Thread(target=supervisor.run, args=(stopped,), name="supervisor", daemon=True)
     traffic = Traffic(settings.kafka)
+    supervisor.start()
     runner.start()
     try:
+        supervisor.wait_ready()  # latency counts from a ready service, not from its start-up
         return traffic.run([bodies[i] for i in order], run_id)
     finally:
         traffic.close()
@@ -201,7 +203,7 @@ def format_main_report(report: MainReport) -> str:
         flagged = sorted({f"{f.column_name} ({f.drift_type})" for f in report.monitor.flags})
         lines.append(f"drift: {', '.join(flagged) if flagged else 'none flagged'}")
     if report.ab is not None:
-        lines.append("a/b verdict: " + "; ".join(f"{k}: {v}" for k, v in report.ab.verdicts.items()))
+        lines.append("a/b verdict: " + "; ".join(report.ab.verdicts.values()))
     lines.append("where things are:")
     lines += [f"  {k}: {v}" for k, v in report.locations.items()]
     lines.append("timings (s): " + ", ".join(f"{k} {v}" for k, v in report.timings_s.items()))

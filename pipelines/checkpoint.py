@@ -97,6 +97,7 @@ class DeliveryLoop(RebalanceHandler):
         self.logged: dict[Partition, int] = {}  # last offset in the table (or scored), per owned partition
         self.positions: dict[Partition, int] = {}  # next offset to commit once the buffer is in Delta
         self.stats = LoopStats()
+        self.on_assigned: Callable[[], None] = lambda: None  # readiness hook for supervisors and tests
         self.source = make_source(self)
 
     # -- rebalance -------------------------------------------------------------------------
@@ -105,6 +106,8 @@ class DeliveryLoop(RebalanceHandler):
             version = self.writer.transaction_version(self._app_id(p))
             self.logged[p] = -1 if version is None else version
         log.info("assigned %s; already logged up to %s", partitions, {p: self.logged[p] for p in partitions})
+        if partitions:
+            self.on_assigned()
 
     def revoked(self, partitions: list[Partition]) -> None:
         # Runs on the consumer's IO thread: rows and txn versions go to Delta now (so the next

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -116,9 +116,16 @@ def _target(endpoint: EndpointSettings, writer: InferenceTableWriter, schema: pa
     return TableTarget(writer.ensure(schema), endpoint.name, cap.sampling_fraction, cap.payload_cap_bytes)
 
 
-def run_worker(settings: Settings, stop: threading.Event, metrics: LoopMetrics | None = None) -> None:
-    """Build a worker and run its loop until ``stop``; the updater watches in the background."""
+def run_worker(
+    settings: Settings,
+    stop: threading.Event,
+    metrics: LoopMetrics | None = None,
+    on_assigned: Callable[[], None] = lambda: None,
+) -> None:
+    """Build a worker and run its loop until ``stop``; the updater watches in the background.
+    ``on_assigned`` is called whenever the group gives the worker partitions (readiness)."""
     worker = build_worker(settings, metrics=metrics)
+    worker.loop.on_assigned = on_assigned
     log.info("worker serving %s in group %s", model_summary(worker.core.table.models), settings.kafka.group_id)
     watcher = threading.Thread(target=worker.updater.watch, args=(stop,), name="endpoint-updater", daemon=True)
     watcher.start()

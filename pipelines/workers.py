@@ -17,14 +17,15 @@ from collections.abc import Callable
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+from lakeserve.errors import ComponentError
 from lakeserve.pipelines.settings import Settings
 
 log = logging.getLogger(__name__)
 
-Target = Callable[[Settings, Any], None]
+Target = Callable[[Settings, Any, Any], None]
 
 
-def worker_main(settings: Settings, stop: Any) -> None:
+def worker_main(settings: Settings, stop: Any, ready: Any = None) -> None:
     """Entry point of a worker process (module-level, so the spawn start method can import it)."""
     from lakeserve.pipelines.service import run_worker
 
@@ -37,7 +38,7 @@ def worker_main(settings: Settings, stop: Any) -> None:
         local.set()
 
     threading.Thread(target=relay, daemon=True).start()
-    run_worker(settings, local)
+    run_worker(settings, local, on_assigned=ready.set if ready is not None else lambda: None)
 
 
 class Supervisor:
@@ -51,6 +52,7 @@ class Supervisor:
         self.ctx = mp.get_context("spawn")
         self.stop_event = self.ctx.Event()
         self.workers: dict[int, BaseProcess] = {}
+        self.ready: dict[int, Any] = {}  # slot -> event set once the worker holds partitions
         self.restarts = 0
 
     def start(self) -> None:
@@ -58,8 +60,9 @@ class Supervisor:
             self._spawn(slot)
 
     def run(self, stopped: threading.Event) -> None:
-        """Watch the workers until ``stopped`` is set, then stop them all."""
-        self.start()
+        """Watch the workers until ``stopped`` is set, then stop them all (starts them if needed)."""
+        if not self.workers:
+            self.start()
         try:
             while not stopped.wait(0.5):
                 self.reap()
@@ -91,13 +94,26 @@ class Supervisor:
                 p.kill()
                 p.join(5)
 
+    def wait_ready(self, timeout_s: float = 180.0) -> None:
+        """Block until every worker has been assigned partitions at least once."""
+        deadline = time.monotonic() + timeout_s
+        for slot, event in list(self.ready.items()):
+            if not event.wait(max(0.0, deadline - time.monotonic())):
+                raise ComponentError(
+                    "workers", f"worker {slot} held no partitions after {timeout_s:.0f} s; see its log"
+                )
+
     def pids(self) -> list[int]:
         return [p.pid for p in self.workers.values() if p.pid is not None and p.is_alive()]
 
     def _spawn(self, slot: int) -> None:
         # daemon: multiprocessing ends the workers when the supervisor exits, whatever the path
+        self.ready[slot] = self.ctx.Event()
         p = self.ctx.Process(
-            target=self.target, args=(self.settings, self.stop_event), name=f"worker-{slot}", daemon=True
+            target=self.target,
+            args=(self.settings, self.stop_event, self.ready[slot]),
+            name=f"worker-{slot}",
+            daemon=True,
         )
         p.start()
         self.workers[slot] = p
