@@ -196,7 +196,7 @@ def format_main_report(report: MainReport) -> str:
     lines.append(f"requests: {t.sent} sent, {t.answered} answered ({t.duplicates} duplicate answers), "
                  f"{t.by_status.get('200', 0)} ok, errors {errors}, dead letters {t.dead_letters}")
     lines.append(f"traffic split: {dict(t.by_entity)}")
-    lines.append(f"latency (produce to answer): p50 {t.percentile(50):.0f} ms, p99 {t.percentile(99):.0f} ms; "
+    lines.append(f"latency (produce to answer, all sent in one burst): p50 {t.percentile(50):.0f} ms, p99 {t.percentile(99):.0f} ms; "
                  f"{t.sent / t.seconds:.0f} requests/s" if t.seconds else "latency: n/a")
     lines.append(f"inference table: {report.table_rows} rows in total")
     if report.monitor is not None:
