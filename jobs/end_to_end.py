@@ -105,8 +105,9 @@ def _stream(settings: Settings, workers: int) -> TrafficReport:
 
     customers = pd.read_parquet(settings.stack.state_dir / "demo" / "customers.parquet")
     run_id = uuid.uuid4().hex[:8]
-    bodies = demo_data.request_bodies(customers, GOOD_REQUESTS, seed=int(time.time()) % 1000,
-                                      prefix=f"demo-{run_id}", amount_scale=DRIFT_SCALE)
+    bodies = demo_data.request_bodies(
+        customers, GOOD_REQUESTS, seed=int(time.time()) % 1000, prefix=f"demo-{run_id}", amount_scale=DRIFT_SCALE
+    )
     bodies += demo_data.bad_bodies(BAD_REQUESTS)
     order = np.random.default_rng(1).permutation(len(bodies))
     supervisor = Supervisor(settings, workers)
@@ -189,15 +190,23 @@ def format_main_report(report: MainReport) -> str:
     t = report.traffic
     errors = {k: v for k, v in sorted(t.by_status.items()) if k != "200"}
     lines = ["lakeserve: the main job, end to end", "=" * 36]
-    lines.append("models: " + ", ".join(f"{m.alias} = card_fraud v{m.version} ({m.feature_service})"
-                                         for m in report.assets.models))
+    lines.append(
+        "models: "
+        + ", ".join(f"{m.alias} = card_fraud v{m.version} ({m.feature_service})" for m in report.assets.models)
+    )
     if report.batch is not None:
         lines.append(f"batch scoring: {report.batch.rows} rows, by entity {report.batch.by_entity}")
-    lines.append(f"requests: {t.sent} sent, {t.answered} answered ({t.duplicates} duplicate answers), "
-                 f"{t.by_status.get('200', 0)} ok, errors {errors}, dead letters {t.dead_letters}")
+    lines.append(
+        f"requests: {t.sent} sent, {t.answered} answered ({t.duplicates} duplicate answers), "
+        f"{t.by_status.get('200', 0)} ok, errors {errors}, dead letters {t.dead_letters}"
+    )
     lines.append(f"traffic split: {dict(t.by_entity)}")
-    lines.append(f"latency (produce to answer, all sent in one burst): p50 {t.percentile(50):.0f} ms, p99 {t.percentile(99):.0f} ms; "
-                 f"{t.sent / t.seconds:.0f} requests/s" if t.seconds else "latency: n/a")
+    lines.append(
+        f"latency (produce to answer, all sent in one burst): p50 {t.percentile(50):.0f} ms, p99 {t.percentile(99):.0f} ms; "
+        f"{t.sent / t.seconds:.0f} requests/s"
+        if t.seconds
+        else "latency: n/a"
+    )
     lines.append(f"inference table: {report.table_rows} rows in total")
     if report.monitor is not None:
         flagged = sorted({f"{f.column_name} ({f.drift_type})" for f in report.monitor.flags})
