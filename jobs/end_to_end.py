@@ -202,7 +202,8 @@ def format_main_report(report: MainReport) -> str:
     )
     lines.append(f"traffic split: {dict(t.by_entity)}")
     lines.append(
-        f"latency (produce to answer, all sent in one burst): p50 {t.percentile(50):.0f} ms, p99 {t.percentile(99):.0f} ms; "
+        f"latency (produce to answer, sent in one burst): p50 {t.percentile(50):.0f} ms, "
+        f"p99 {t.percentile(99):.0f} ms; "
         f"{t.sent / t.seconds:.0f} requests/s"
         if t.seconds
         else "latency: n/a"
