@@ -413,12 +413,17 @@ def run_from_settings(settings: Settings, *, end: datetime | None = None) -> str
     """One A/B analysis of the endpoint's inference table; returns the Markdown summary."""
     from lakeserve.jobs.spark import spark_session
 
+    output, markdown = output_locations(settings)
+    spark = spark_session(settings.spark, ivy_dir=settings.stack.cache_dir / "ivy")
+    report = run_ab(spark, settings.ab, settings.inference_table_uri, output, markdown, end=end)
+    return render_markdown(report)
+
+
+def output_locations(settings: Settings) -> tuple[str, Path]:
+    """The results table (``ab.output_table``, else ``<table>_ab_results``) and its Markdown readout."""
     table = settings.endpoint.auto_capture_config.table_name
     output = settings.ab.output_table or settings.table_uri(f"{table}_ab_results")
-    spark = spark_session(settings.spark, ivy_dir=settings.stack.cache_dir / "ivy")
-    report = run_ab(spark, settings.ab, settings.inference_table_uri, output,
-                    Path(output.removeprefix("file:") + ".md"), end=end)
-    return render_markdown(report)
+    return output, Path(output.removeprefix("file:") + ".md")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
