@@ -42,7 +42,11 @@ def drift_report(
     categorical: Sequence[str],
     out_stem: Path,
 ) -> DriftReport:
-    """Run ``DataDriftPreset`` and save ``<out_stem>.html`` and ``<out_stem>.json``."""
+    """Run ``DataDriftPreset`` and save ``<out_stem>.html`` and ``<out_stem>.json``.
+
+    A column with no value on one side (an input the model does not take) is left out, since
+    Evidently refuses it; it gets no verdict.
+    """
     try:
         from evidently import DataDefinition, Dataset, Report
         from evidently.presets import DataDriftPreset
@@ -50,6 +54,8 @@ def drift_report(
         raise ComponentError(
             "evidently", f"not installed ({exc}); pip install 'evidently>=0.7,<0.8'"
         ) from exc
+    filled = {c for c in [*numeric, *categorical] if current[c].notna().any() and reference[c].notna().any()}
+    numeric, categorical = [c for c in numeric if c in filled], [c for c in categorical if c in filled]
     cols = [*numeric, *categorical]
     definition = DataDefinition(numerical_columns=list(numeric), categorical_columns=list(categorical))
     try:
