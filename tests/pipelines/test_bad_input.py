@@ -24,6 +24,7 @@ GOOD = {"customer_id": 7, "amount": 12.5, "merchant_category": "grocery", "hour_
 def guarded_version(stack: Settings, demo_assets: object) -> str:
     """A registered model that raises on a negative amount, reading the v1 feature service."""
     mlflow.set_tracking_uri(stack.mlflow.tracking_uri)
+    mlflow.set_registry_uri(stack.mlflow.registry_uri)
     example = pd.DataFrame(
         [
             {

@@ -25,7 +25,9 @@ def test_models_load_by_alias_and_predict(settings: Settings, demo_assets: DemoR
     transactions = pd.read_parquet(demo_assets.data_dir / "transactions.parquet").head(3000)
     customers = pd.read_parquet(demo_assets.data_dir / "customers.parquet")
     joined = transactions.merge(customers.drop(columns=["event_timestamp", "created"]), on="customer_id")
+    # other tests point MLflow's process-wide URIs elsewhere: set both for this session's store
     mlflow.set_tracking_uri(settings.mlflow.tracking_uri)
+    mlflow.set_registry_uri(settings.mlflow.registry_uri)
     for alias, service, features in [
         ("champion", demo_repo.SERVICE_V1, demo_repo.V1_FEATURES),
         ("challenger", demo_repo.SERVICE_V2, demo_repo.V2_FEATURES),
