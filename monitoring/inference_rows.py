@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from lakeserve.errors import PayloadTooLarge
 from lakeserve.monitoring.table_schema import BASE_COLUMNS, prediction_column_names
@@ -211,12 +212,30 @@ def _table(rows: list[_Row], schema: pa.Schema) -> pa.Table:
 def _column(rows: list[_Row], column: pa.Field) -> pa.Array:
     fixed = column.name in BASE_COLUMNS
     values = [(r.fixed if fixed else r.model).get(column.name) for r in rows]
-    if not any(_truncates(v, column.type) for v in values):
-        try:
-            return pa.array(values, type=column.type)
-        except _CAST_ERRORS:
-            pass
-    return _cast_each(values, rows, column)
+    try:
+        return _cast_whole(values, column.type)
+    except _CAST_ERRORS:
+        return _cast_each(values, rows, column)
+
+
+def _cast_whole(values: list[Any], type_: pa.DataType) -> pa.Array:
+    """The column in one vectorised conversion; raises one of ``_CAST_ERRORS`` if any value fails.
+
+    Arrow checks every value of a typed conversion, except that it cuts 3.7 to 3 for an integer
+    column: there the values are converted to their own type first and cast safely, so a float
+    that would truncate (3.7, NaN) fails the whole column. Whatever else is not a number fails
+    the typed conversion, as it fails value by value.
+    """
+    if not pa.types.is_integer(type_):
+        return pa.array(values, type=type_)
+    inferred = pa.array(values)
+    if not _numeric(inferred.type):
+        return pa.array(values, type=type_)
+    return pc.cast(inferred, type_, safe=True)
+
+
+def _numeric(t: pa.DataType) -> bool:
+    return bool(pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_null(t))
 
 
 def _cast_each(values: list[Any], rows: list[_Row], column: pa.Field) -> pa.Array:

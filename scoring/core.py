@@ -50,7 +50,7 @@ import numpy as np
 import pandas as pd
 
 from lakeserve.errors import ConfigError, InvalidInput, NotFound, ScoringError, ScoringTimeout
-from lakeserve.features.lookup import FeatureLookup, key_tuples
+from lakeserve.features.lookup import FeatureLookup, normalize_key
 from lakeserve.scoring.models import PREDICTION, ServedModel, conform, predict_isolating
 from lakeserve.scoring.records import RecordResult, RequestResult, ScoringRequest, Timings
 from lakeserve.scoring.requests import ParsedRequest, parse
@@ -221,9 +221,7 @@ class ScoringCore:
                 ready.append(it)
         if not ready:
             return
-        keys = key_tuples(
-            pd.DataFrame([{k: it.fields[k] for k in join_keys} for it in ready], columns=join_keys)
-        )
+        keys = [tuple(normalize_key(it.fields[k]) for k in join_keys) for it in ready]
         distinct = list(dict.fromkeys(keys))
         result = self._lookup.get(service, pd.DataFrame(distinct, columns=join_keys))
         feature_rows = _plain_rows(result.features)
@@ -284,10 +282,9 @@ def _new_record(index: int, model: ServedModel, row: dict[str, Any], shadow: boo
     )
 
 
-def _rows(records: pd.DataFrame) -> list[dict[str, Any]]:
-    """The records as dicts of plain Python values, NaN as None, column names as strings."""
-    frame = records.rename(columns=str)
-    return [{k: None if _null(v) else v for k, v in row.items()} for row in _plain_rows(frame)]
+def _rows(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The parsed records as fresh dicts, nulls (NaN included) as None."""
+    return [{k: None if _null(v) else v for k, v in row.items()} for row in records]
 
 
 def _plain_rows(frame: pd.DataFrame) -> list[dict[str, Any]]:
@@ -298,12 +295,21 @@ def _sticky(row: Mapping[str, Any], field_name: str | None) -> str | None:
     return key_string(row.get(field_name)) if field_name is not None else None
 
 
+_PRESENT = frozenset({str, int, bool, list, dict})  # JSON types that are never null
+
+
 def _null(value: Any) -> bool:
+    """None, NaN, NaT or NA; decided without pandas for the JSON decoder's own types."""
+    kind = type(value)
+    if kind in _PRESENT:
+        return False
     if value is None:
         return True
+    if kind is float:
+        return bool(value != value)
     try:
         return bool(pd.isna(value))
-    except (TypeError, ValueError):  # lists, dicts: present values
+    except (TypeError, ValueError):  # arrays and other containers: present values
         return False
 
 

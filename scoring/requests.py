@@ -1,4 +1,4 @@
-"""MLflow scoring bodies (bytes) → a frame of records, ``client_request_id`` and ``params``.
+"""MLflow scoring bodies (bytes) → records (plain dicts), ``client_request_id`` and ``params``.
 
 The body is a JSON object with exactly one of the formats ``mlflow models serve`` accepts:
 
@@ -12,6 +12,10 @@ plus optional ``params`` (an object) and ``client_request_id`` (a string). Other
 are ignored, as MLflow's scoring server ignores them. JSON ``NaN``/``Infinity`` tokens (and
 numbers that overflow to infinity) are refused with ``INVALID_PARAMETER_VALUE`` unless the
 caller allows them. :func:`parse` never raises for bad input: it returns the error as a value.
+
+The records stay the JSON decoder's dicts (field names as strings; ``dataframe_split`` without
+``columns`` names them ``"0"``, ``"1"``, ...): no frame is built per request. The scoring core
+builds one frame per served model per micro-batch, where the model needs one.
 """
 
 from __future__ import annotations
@@ -22,8 +26,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import pandas as pd
-
 from lakeserve.errors import BadRequest, InvalidInput, PayloadTooLarge, ScoringError
 
 DF_SPLIT = "dataframe_split"
@@ -32,12 +34,14 @@ INSTANCES = "instances"
 INPUTS = "inputs"
 FORMATS = (DF_SPLIT, DF_RECORDS, INSTANCES, INPUTS)
 
+Record = dict[str, Any]  # one record: field name → JSON value (None for null or absent)
+
 
 @dataclass(frozen=True, slots=True)
 class ParsedRequest:
-    """The records of one request (one row each, ``RangeIndex``) and its optional extras."""
+    """The records of one request, in order, every one with the same fields, and its extras."""
 
-    records: pd.DataFrame
+    records: list[Record]
     client_request_id: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
 
@@ -88,7 +92,7 @@ def _parse_document(document: Any) -> ParsedRequest:
     if len(records) == 0:
         raise BadRequest(f"{present[0]} holds no records")
     return ParsedRequest(
-        records=records.reset_index(drop=True),
+        records=records,
         client_request_id=_client_request_id(document.get("client_request_id")),
         params=_params(document.get("params")),
     )
@@ -108,7 +112,7 @@ def _params(value: Any) -> dict[str, Any]:
     raise BadRequest(f"params must be a JSON object, got {_kind(value)}")
 
 
-def _from_split(value: Any) -> pd.DataFrame:
+def _from_split(value: Any) -> list[Record]:
     if not isinstance(value, dict):
         raise BadRequest(f"{DF_SPLIT} must be an object, got {_kind(value)}")
     extra = set(value) - {"columns", "data", "index"}
@@ -122,16 +126,33 @@ def _from_split(value: Any) -> pd.DataFrame:
     width = len(columns) if columns is not None else (len(data[0]) if data else 0)
     if any(len(row) != width for row in data):
         raise BadRequest(f"every row of {DF_SPLIT}.data must have {width} values")
-    return pd.DataFrame(data, columns=columns if columns is not None else range(width))
+    names = columns if columns is not None else [str(i) for i in range(width)]
+    return [dict(zip(names, row, strict=True)) for row in data]
 
 
-def _from_records(value: Any) -> pd.DataFrame:
+def _from_records(value: Any) -> list[Record]:
     if not isinstance(value, list) or not all(isinstance(r, dict) for r in value):
         raise BadRequest(f"{DF_RECORDS} must be a list of objects, got {_kind(value)}")
-    return pd.DataFrame.from_records(value) if value else pd.DataFrame()
+    return _aligned(value)
 
 
-def _from_instances(value: Any) -> pd.DataFrame:
+def _aligned(records: list[Record]) -> list[Record]:
+    """Every record with the union of all records' fields (first-seen order), absent as None.
+
+    As a frame of the records would hold them: a field missing from one record is null there,
+    and records that hold no field at all are no records.
+    """
+    if len(records) == 1:
+        return records if records[0] else []
+    names = list(dict.fromkeys(k for r in records for k in r))
+    if not names:
+        return []
+    if all(len(r) == len(names) for r in records):
+        return records
+    return [{k: r.get(k) for k in names} for r in records]
+
+
+def _from_instances(value: Any) -> list[Record]:
     if isinstance(value, list) and all(isinstance(r, dict) for r in value):
         return _from_records(value)
     raise BadRequest(
@@ -140,7 +161,7 @@ def _from_instances(value: Any) -> pd.DataFrame:
     )
 
 
-def _from_inputs(value: Any) -> pd.DataFrame:
+def _from_inputs(value: Any) -> list[Record]:
     if isinstance(value, list):
         if all(isinstance(r, dict) for r in value):
             return _from_records(value)
@@ -152,13 +173,14 @@ def _from_inputs(value: Any) -> pd.DataFrame:
         lengths = {len(v) for v in value.values()}
         if len(lengths) > 1:
             raise BadRequest(f"the columns of {INPUTS} must all have the same length, got {sorted(lengths)}")
-        return pd.DataFrame(value)
+        names = list(value)
+        return [dict(zip(names, row, strict=True)) for row in zip(*value.values(), strict=True)]
     if not any(lists):
-        return pd.DataFrame([value])
+        return [dict(value)]
     raise BadRequest(f"{INPUTS} must give every column as a list, or every column as one value")
 
 
-_FRAMERS: dict[str, Callable[[Any], pd.DataFrame]] = {
+_FRAMERS: dict[str, Callable[[Any], list[Record]]] = {
     DF_SPLIT: _from_split,
     DF_RECORDS: _from_records,
     INSTANCES: _from_instances,

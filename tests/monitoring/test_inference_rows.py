@@ -215,3 +215,35 @@ def test_a_naive_arrival_time_is_refused() -> None:
     result.request = naive
     with pytest.raises(ValueError, match="timezone-aware"):
         to_arrow([result], SCHEMA, "e", 1.0, 1024)
+
+
+def _column_of(values: list[Any], column: str) -> tuple[list[Any], list[list[str]]]:
+    records = [RecordResult(i, inputs={column: v}, prediction=0.1) for i, v in enumerate(values)]
+    rows = _rows([_result(records=records)])
+    return [r[column] for r in rows], [r["logging_error_codes"] for r in rows]
+
+
+@pytest.mark.parametrize(
+    ("values", "logged", "failed"),
+    [
+        ([3, 4.0, None, np.int64(5)], [3, 4, None, 5], []),  # integral floats cast whole
+        ([3.0, 3.7, 2.0], [3, None, 2], [1]),  # all floats: one would truncate
+        ([1, float("nan")], [1, None], [1]),  # NaN is no integer
+        ([1, True], [1, None], [1]),  # a bool is no integer
+        ([1, "7"], [1, None], [1]),  # strings are not parsed
+    ],
+)
+def test_integer_columns_fail_only_the_values_that_do_not_fit(
+    values: list[Any], logged: list[Any], failed: list[int]
+) -> None:
+    column, codes = _column_of(values, "card_age_days")
+    assert column == logged
+    assert [i for i, c in enumerate(codes) if c == ["CAST_FAILED:card_age_days"]] == failed
+    assert all(c == [] for i, c in enumerate(codes) if i not in failed)
+
+
+def test_numbers_are_not_logged_as_strings_nor_strings_as_numbers() -> None:
+    merchants, merchant_codes = _column_of(["shop", 7], "merchant")
+    amounts, amount_codes = _column_of([1.5, "2.5", True], "amount")
+    assert (merchants, merchant_codes) == (["shop", None], [[], ["CAST_FAILED:merchant"]])
+    assert (amounts, amount_codes) == ([1.5, None, 1.0], [[], ["CAST_FAILED:amount"], []])

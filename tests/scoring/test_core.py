@@ -288,3 +288,34 @@ def test_valid_rows_keep_integer_types_beside_invalid_ones() -> None:
     results = core.score(batch)
     assert [r.status_code for r in results] == [200, 400, 200]
     assert str(model.seen[0]["hour"].dtype) == "int64"
+
+
+def test_a_field_missing_from_one_record_of_a_request_is_null_there() -> None:
+    clock, fake = ManualClock(), ratio("a")
+    core = ScoringCore(endpoint([("a", 100)]), {"a": fake}, lookup(), clock=clock.now)
+    body = records({"customer_id": 1, "amount": 5.0, "avg_amount": 2.0}, {"customer_id": 2, "amount": 4.0})
+    [result] = core.score([request(body, clock)])
+    assert answer(result) == {"predictions": [2.5, 0.2]}  # the looked-up 20.0 fills the gap
+    assert [r.inputs for r in result.records] == [
+        {"customer_id": 1, "amount": 5.0, "avg_amount": 2.0},
+        {"customer_id": 2, "amount": 4.0, "avg_amount": None},
+    ]
+    assert len(fake.seen) == 1  # one frame for the model's batch
+    assert len(fake.seen[0]) == 2
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"dataframe_split": {"columns": ["customer_id", "amount"], "data": [[1, 5.0]], "index": [9]}},
+        {"instances": [{"customer_id": 1, "amount": 5.0}]},
+        {"inputs": {"customer_id": 1, "amount": 5.0}},
+        {"inputs": {"customer_id": [1], "amount": [5.0]}},
+    ],
+)
+def test_every_body_format_scores_the_same(body: dict[str, Any]) -> None:
+    clock = ManualClock()
+    core = ScoringCore(endpoint([("a", 100)]), {"a": ratio("a")}, lookup(), clock=clock.now)
+    [result] = core.score([request(body, clock)])
+    assert answer(result) == {"predictions": [0.5]}
+    assert result.records[0].inputs == {"customer_id": 1, "amount": 5.0}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -37,12 +38,12 @@ def err(body: bytes, limit: int = LIMIT) -> ScoringError:
 )
 def test_every_format_gives_the_same_records(body: dict[str, object]) -> None:
     parsed = ok(body)
-    assert parsed.records.to_dict("records") == [{"a": 1, "b": "x"}, {"a": 2, "b": "y"}]
-    assert list(parsed.records.index) == [0, 1]
+    assert parsed.records == [{"a": 1, "b": "x"}, {"a": 2, "b": "y"}]
+    assert all(list(r) == ["a", "b"] for r in parsed.records)
 
 
 def test_inputs_of_scalars_is_one_record() -> None:
-    assert ok({"inputs": {"a": 1, "b": "x"}}).records.to_dict("records") == [{"a": 1, "b": "x"}]
+    assert ok({"inputs": {"a": 1, "b": "x"}}).records == [{"a": 1, "b": "x"}]
 
 
 def test_client_request_id_and_params() -> None:
@@ -101,4 +102,33 @@ def test_payload_over_the_limit() -> None:
 def test_null_values_stay_records() -> None:
     parsed = ok({"dataframe_records": [{"a": 1, "b": None}, {"a": None}]})
     assert len(parsed.records) == 2
-    assert parsed.records["b"].isna().all()
+    assert [r["b"] for r in parsed.records] == [None, None]
+
+
+def test_a_field_missing_from_one_record_is_null_there() -> None:
+    parsed = ok({"dataframe_records": [{"a": 1}, {"b": "x"}, {"b": "y", "a": 3}]})
+    assert parsed.records == [{"a": 1, "b": None}, {"a": None, "b": "x"}, {"a": 3, "b": "y"}]
+    assert [list(r) for r in parsed.records] == [["a", "b"]] * 3
+
+
+def test_split_without_columns_names_fields_by_position() -> None:
+    parsed = ok({"dataframe_split": {"data": [[1, "x"], [2, "y"]]}})
+    assert parsed.records == [{"0": 1, "1": "x"}, {"0": 2, "1": "y"}]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'{"dataframe_records": [{}]}', b'{"instances": [{}, {}]}', b'{"inputs": {}}', b'{"inputs": {"a": []}}'],
+)
+def test_records_without_fields_are_no_records(body: bytes) -> None:
+    error = err(body)
+    assert isinstance(error, BadRequest)
+    assert "holds no records" in error.message
+
+
+def test_allowed_non_finite_numbers_stay_in_the_records() -> None:
+    parsed = parse(b'{"inputs": {"a": [NaN, 1.5]}}', LIMIT, allow_non_finite=True)
+    assert isinstance(parsed, ParsedRequest)
+    first, second = (r["a"] for r in parsed.records)
+    assert math.isnan(first)
+    assert second == 1.5
