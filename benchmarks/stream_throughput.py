@@ -434,7 +434,9 @@ def naive_main(settings: Settings, stop: Any) -> None:
     producer.close()
 
 
-def lakeserve_main(stats_dir: Path, profile_from: Any, settings: Settings, stop: Any) -> None:
+def lakeserve_main(
+    stats_dir: Path, profile_from: Any, settings: Settings, stop: Any, ready: Any = None
+) -> None:
     """(c) One lakeserve worker: ``build_worker`` + ``loop.run``; writes its loop stats at the end.
 
     With ``profile_from`` (an event), micro-batches run one by one until it is set (the warm-up),

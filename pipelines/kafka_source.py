@@ -118,7 +118,13 @@ class KafkaRequestSource:
 
     def commit(self, positions: Mapping[Partition, int], *, wait: bool = True) -> None:
         from kafka import TopicPartition
-        from kafka.errors import CommitFailedError, KafkaError
+        from kafka.errors import (
+            CommitFailedError,
+            IllegalGenerationError,
+            KafkaError,
+            RebalanceInProgressError,
+            UnknownMemberIdError,
+        )
         from kafka.structs import OffsetAndMetadata
 
         if not positions:
@@ -131,7 +137,7 @@ class KafkaRequestSource:
             return
         try:
             self.consumer.commit(offsets)
-        except CommitFailedError as exc:
+        except (CommitFailedError, RebalanceInProgressError, IllegalGenerationError, UnknownMemberIdError) as exc:
             # The group moved on (rebalance): the rows are logged with their txn versions, so the
             # new owner skips them; the answers were sent. Nothing is lost.
             log.warning("offset commit refused after a rebalance: %s", exc)
