@@ -1,6 +1,6 @@
 """Batch scoring throughput: the batch job beside a plain ``mlflow.pyfunc.spark_udf``, same run.
 
-    .venv/bin/python -P benchmarks/batch.py [--rows 200000] [--config FILE] [--state-dir DIR] [--master M]
+    .venv/bin/python -m benchmarks.batch [--rows 200000] [--config FILE] [--state-dir DIR] [--master M]
 
 (``-P``: do not put ``benchmarks/`` first on ``sys.path``, where ``http.py`` would shadow the
 standard library's ``http``.)

@@ -1,6 +1,6 @@
 """Per-request overhead of the scoring core and of the inference-row conversion, on fakes.
 
-    .venv/bin/python -P benchmarks/core_overhead.py [--requests 250] [--repeat 20]
+    .venv/bin/python -m benchmarks.core_overhead [--requests 250] [--repeat 20]
 
 Scores micro-batches of ``--requests`` one-record ``dataframe_records`` requests (the stream's
 typical shape) with :class:`~lakeserve.scoring.testing.FakeServedModel` and

@@ -1,6 +1,6 @@
 """REST throughput and latency of lakeserve beside ``mlflow models serve``, same model, same run.
 
-    .venv/bin/python benchmarks/http.py [--requests 400] [--concurrency 1 8 32]
+    .venv/bin/python -m benchmarks.http [--requests 400] [--concurrency 1 8 32]
 
 Brings up the embedded stack and the demo assets in a state folder of its own (ports 29092/3),
 serves the champion model both ways on loopback — ``lakeserve serve --http --workers 0`` (with

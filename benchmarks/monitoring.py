@@ -1,8 +1,8 @@
 """Monitor job throughput and memory beside Evidently's ``DataDriftPreset``, same rows, same run.
 
-    .venv/bin/python -P benchmarks/monitoring.py [--rows 1000000] [--master local[*]] [--driver-memory 4g]
+    .venv/bin/python -m benchmarks.monitoring [--rows 1000000] [--master local[*]] [--driver-memory 4g]
         [--partitions 8] [--config FILE] [--dir DIR]
-    .venv/bin/python -P benchmarks/monitoring.py --rows 10000000 --driver-memory 12g   # the 10 M run
+    .venv/bin/python -m benchmarks.monitoring --rows 10000000 --driver-memory 12g   # the 10 M run
 
 (``-P``: do not put ``benchmarks/`` first on ``sys.path``, where ``http.py`` would shadow the
 standard library's ``http``.)

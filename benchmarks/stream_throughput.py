@@ -1,6 +1,6 @@
 """Kafka streaming throughput and latency of lakeserve beside a bare echo and a naive scorer, same run.
 
-    .venv/bin/python -P benchmarks/stream_throughput.py [--requests 5000] [--naive-requests 400]
+    .venv/bin/python -m benchmarks.stream_throughput [--requests 5000] [--naive-requests 400]
         [--rates 200,500] [--duration-s 20] [--workers 1] [--profile]
 
 (``-P``: keep ``benchmarks/`` off the front of ``sys.path``, where ``http.py`` would shadow the
@@ -29,12 +29,6 @@ one worker under cProfile and prints where its loop spends its time.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    sys.path.pop(0)  # benchmarks/http.py would shadow the standard library's http
-
 import argparse
 import contextlib
 import cProfile
@@ -53,6 +47,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
