@@ -3,9 +3,6 @@
     .venv/bin/python -m benchmarks.stream_throughput [--requests 5000] [--naive-requests 400]
         [--rates 200,500] [--duration-s 20] [--workers 1] [--profile]
 
-(``-P``: keep ``benchmarks/`` off the front of ``sys.path``, where ``http.py`` would shadow the
-standard library's ``http``; the script also removes it itself.)
-
 Starts its own Kafka broker (lakeserve's ``KafkaBroker``) in a temporary state folder on free
 loopback ports, prepares the demo assets there (``prepare_assets``: data, Feast features,
 champion/challenger models), and then, on the same broker and the same request bodies (one
