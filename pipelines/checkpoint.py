@@ -163,6 +163,7 @@ class DeliveryLoop(RebalanceHandler):
     # -- helpers ---------------------------------------------------------------------------
     def _fresh(self, requests: list[ScoringRequest]) -> list[ScoringRequest]:
         fresh = []
+        seen: set[tuple[Partition, int]] = set()
         for r in requests:
             p = (r.origin.topic or "", r.origin.partition or 0)
             offset = r.origin.offset if r.origin.offset is not None else -1
@@ -173,6 +174,11 @@ class DeliveryLoop(RebalanceHandler):
             if offset <= self.logged[p]:
                 self.stats.skipped_logged += 1  # answered and logged before a crash
                 continue
+            if (p, offset) in seen:
+                # a rebalance inside one poll re-fetched from the committed offset: same record twice
+                self.stats.skipped_logged += 1
+                continue
+            seen.add((p, offset))
             fresh.append(r)
         return fresh
 

@@ -1,0 +1,73 @@
+"""The delivery loop's bookkeeping, on in-memory parts: a record fetched twice in one micro-batch
+(a rebalance inside a poll re-reads from the committed offset) is scored and logged once."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+
+import pyarrow as pa
+
+from lakeserve.monitoring.delta_writer import InMemoryInferenceWriter
+from lakeserve.monitoring.row_buffer import RowBuffer
+from lakeserve.monitoring.table_schema import inference_schema
+from lakeserve.pipelines.checkpoint import DeliveryLoop, TableTarget
+from lakeserve.pipelines.kafka_source import Partition, RebalanceHandler
+from lakeserve.scoring.records import Origin, RecordResult, RequestResult, ScoringRequest
+
+TOPIC = "requests"
+
+
+class ListSource:
+    def __init__(self, handler: RebalanceHandler, batches: list[list[ScoringRequest]]) -> None:
+        self.batches, self.committed = batches, {}
+        handler.assigned([(TOPIC, 0)])
+
+    def poll(self) -> list[ScoringRequest]:
+        return self.batches.pop(0) if self.batches else []
+
+    def commit(self, positions: Mapping[Partition, int], *, wait: bool = True) -> None:
+        self.committed.update(positions)
+
+    def close(self) -> None: ...
+
+
+class NullSink:
+    def __init__(self) -> None:
+        self.sent: list[RequestResult] = []
+
+    def send(self, results: Sequence[RequestResult]) -> None:
+        self.sent.extend(results)
+
+    def flush(self) -> None: ...
+    def close(self) -> None: ...
+
+
+def request(offset: int) -> ScoringRequest:
+    return ScoringRequest(f"r{offset}", b"{}", datetime.now(UTC), Origin("kafka", TOPIC, 0, offset))
+
+
+def score(batch: Sequence[ScoringRequest]) -> list[RequestResult]:
+    return [RequestResult(r, 200, b"{}", [RecordResult(0, prediction=1.0)]) for r in batch]
+
+
+def test_a_record_fetched_twice_in_one_batch_is_scored_and_logged_once() -> None:
+    writer = InMemoryInferenceWriter()
+    schema = writer.ensure(inference_schema({}, {"prediction": pa.float64()}))
+    sink = NullSink()
+    twice = [request(0), request(1), request(0), request(1), request(2)]
+    loop = DeliveryLoop(
+        lambda h: ListSource(h, [twice]),
+        score,
+        sink,
+        writer,
+        TableTarget(schema, "ep", 1.0, 1 << 20),
+        RowBuffer(1, 0, lambda: 0.0),
+        "g",
+    )
+    assert loop.run_once() == 3
+    loop.flush()
+    assert [r.request.request_id for r in sink.sent] == ["r0", "r1", "r2"]
+    rows = writer.rows()
+    assert sorted(rows["kafka_offset"].to_pylist()) == [0, 1, 2]
+    assert loop.source.committed == {(TOPIC, 0): 3}
