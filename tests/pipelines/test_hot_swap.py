@@ -143,23 +143,28 @@ def test_bad_endpoint_file_is_refused_by_the_cli(config_file: Path, tmp_path: Pa
     assert "traffic_config: traffic percentages must sum to 100, got 60" in done.stderr
 
 
-def test_alias_moved_in_the_registry_is_followed(stack: Settings, demo_assets, tmp_path: Path) -> None:
+def test_alias_moved_in_the_registry_is_followed(stack: Settings, demo_assets) -> None:
+    """The watcher's registry poll sees the moved alias, loads that version and the loop swaps it
+    in before its next micro-batch (swaps under Kafka load: the traffic-update test above)."""
     import mlflow
 
+    from lakeserve.pipelines.service import build_worker
+
     settings = settings_for(stack, "alias-move")
-    customers = pd.read_parquet(demo_assets.data_dir / "customers.parquet")
     client = mlflow.MlflowClient(tracking_uri=settings.mlflow.tracking_uri, registry_uri=settings.mlflow.registry_uri)
     champion = client.get_model_version_by_alias("card_fraud", "champion").version
     challenger = client.get_model_version_by_alias("card_fraud", "challenger").version
-    with running(settings) as worker:
+    worker = build_worker(settings)
+    try:
+        assert worker.updater.check() is None  # nothing moved yet
         client.set_registered_model_alias("card_fraud", "challenger", str(champion))
-        try:
-            published = time.time()
-            assert worker.updater.check() is not None  # the watcher's poll, run now
-            produce(settings, request_bodies(customers, 20, seed=8))
-            answers_for(settings, 20)
-            status = wait_status(settings, "applied", published)
-        finally:
-            client.set_registered_model_alias("card_fraud", "challenger", str(challenger))
+        published = time.time()
+        assert worker.updater.check() is not None  # the watcher's poll, run now
+        worker.loop.before_batch()  # what the loop runs between micro-batches
+        status = wait_status(settings, "applied", published)
+    finally:
+        client.set_registered_model_alias("card_fraud", "challenger", str(challenger))
+        worker.loop.source.close()
+        worker.loop.sink.close()
     assert status["serving"] == {"champion": f"card_fraud/{champion}", "challenger": f"card_fraud/{champion}"}
     assert worker.core.table.models["challenger"].model_version == str(champion)
