@@ -108,7 +108,7 @@ def stack(config_file: Path, settings: Settings) -> Iterator[Settings]:
         raise
     yield settings
     proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=90) == 0, "lakeserve up did not stop cleanly on Ctrl-C"
+    assert proc.wait(timeout=240) == 0, "lakeserve up did not stop cleanly on Ctrl-C"
     wait_for_line(lines, "stopped kafka", timeout_s=5)
 
 

@@ -59,8 +59,8 @@ class PacedProducer(threading.Thread):
     def run(self) -> None:
         pace = threading.Event()
         for i, body in enumerate(self.bodies):
+            self.sent_at.append(time.time())  # before producing: a later time could postdate the swap
             produce(self.settings, [body], [str(i).encode()])
-            self.sent_at.append(time.time())
             pace.wait(self.interval)  # pacing the load, not waiting for readiness
 
 
