@@ -55,6 +55,7 @@ from lakeserve.jobs.demo_data import request_bodies
 from lakeserve.pipelines.embedded.kafka import KafkaBroker, ensure_topics
 from lakeserve.pipelines.kafka_settings import KafkaSettings
 from lakeserve.pipelines.settings import Settings, load_settings
+from lakeserve.pipelines.workers import WorkerLink
 
 log = logging.getLogger("stream_throughput")
 SPAWN = mp.get_context("spawn")
@@ -426,9 +427,7 @@ def naive_main(settings: Settings, stop: Any) -> None:
     producer.close()
 
 
-def lakeserve_main(
-    stats_dir: Path, profile_from: Any, settings: Settings, stop: Any, ready: Any = None
-) -> None:
+def lakeserve_main(stats_dir: Path, profile_from: Any, settings: Settings, link: WorkerLink) -> None:
     """(c) One lakeserve worker: ``build_worker`` + ``loop.run``; writes its loop stats at the end.
 
     With ``profile_from`` (an event), micro-batches run one by one until it is set (the warm-up),
@@ -437,13 +436,7 @@ def lakeserve_main(
     from lakeserve.pipelines.service import build_worker
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s [worker] %(name)s: %(message)s")
-    local = threading.Event()
-
-    def relay() -> None:  # the supervisor's process-shared event, as the thread event the loop reads
-        stop.wait()
-        local.set()
-
-    threading.Thread(target=relay, daemon=True).start()
+    local = link.stop_event()
     worker = build_worker(settings)
     profiler = cProfile.Profile() if profile_from is not None else None
     while profile_from is not None and not profile_from.is_set() and not local.is_set():

@@ -107,14 +107,29 @@ def build_parser() -> argparse.ArgumentParser:
         [(["--retention-hours"], {"type": int, "default": 168, "help": "vacuum files older than this"})],
     )
     jobs = sub.add_parser("jobs", help="Spark jobs: monitoring, A/B analysis, batch scoring").add_subparsers(
-        title="jobs commands", metavar="COMMAND")
+        title="jobs commands", metavar="COMMAND"
+    )
     run = jobs.add_parser("run", help="run one job now").add_subparsers(title="jobs", metavar="JOB")
-    _add(run, "monitor", _job_monitor, "profile and drift metrics of the inference table (InferenceLog profile)",
-         [(["--full-refresh"], {"action": "store_true", "help": "recompute every window, not only new ones"})])
-    _add(run, "ab", _job_ab, "A/B analysis between the served entities, with significance tests",
-         [(["--end"], {"type": _aware_datetime, "default": None, "help": "period end, ISO 8601 with zone"})])
-    batch = _add(run, "batch-score", _job_batch_score,
-                 "score every row of a table with the endpoint's served entities, in one Delta commit")
+    _add(
+        run,
+        "monitor",
+        _job_monitor,
+        "profile and drift metrics of the inference table (InferenceLog profile)",
+        [(["--full-refresh"], {"action": "store_true", "help": "recompute every window, not only new ones"})],
+    )
+    _add(
+        run,
+        "ab",
+        _job_ab,
+        "A/B analysis between the served entities, with significance tests",
+        [(["--end"], {"type": _aware_datetime, "default": None, "help": "period end, ISO 8601 with zone"})],
+    )
+    batch = _add(
+        run,
+        "batch-score",
+        _job_batch_score,
+        "score every row of a table with the endpoint's served entities, in one Delta commit",
+    )
     add_batch_arguments(batch)
     _add(jobs, "schedule", _job_schedule, "run the configured jobs on their cron expressions until Ctrl-C")
     config = sub.add_parser("config", help="inspect settings").add_subparsers(
@@ -194,14 +209,19 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())
     signal.signal(signal.SIGINT, lambda *_: stopped.set())
-    rest = _start_http(settings, args, stopped) if args.http else None
+    metrics = None
+    if args.http:  # one registry: the REST server's, fed by the Kafka workers too
+        from lakeserve.pipelines.http import new_metrics
+
+        metrics = new_metrics(settings)
+    rest = _start_http(settings, args, stopped, metrics) if metrics is not None else None
     print(
         f"lakeserve: serving endpoint {settings.endpoint.name} with {args.workers} worker(s) on "
         f"{settings.kafka.requests_topic}{' and REST' if rest else ''}; Ctrl-C stops",
         flush=True,
     )
     if args.workers:
-        Supervisor(settings, args.workers).run(stopped)
+        Supervisor(settings, args.workers, metrics=metrics).run(stopped)
     else:
         while not stopped.wait(0.5):
             pass
@@ -211,12 +231,16 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _start_http(settings: Settings, args: argparse.Namespace, stopped: threading.Event) -> threading.Thread:
+def _start_http(
+    settings: Settings, args: argparse.Namespace, stopped: threading.Event, metrics: Any
+) -> threading.Thread:
     """The REST server in a thread of this process; it drains and flushes once ``stopped`` is set."""
     from lakeserve.pipelines.http import listen_settings, run_http
 
     http = listen_settings(settings.http, args.host, args.port)  # a bad host/port fails here, not in the thread
-    thread = threading.Thread(target=run_http, args=(settings, stopped, http.host, http.port), name="http-server")
+    thread = threading.Thread(
+        target=run_http, args=(settings, stopped, http.host, http.port), kwargs={"metrics": metrics}, name="http-server"
+    )
     thread.start()
     print(f"lakeserve: REST on http://{http.host}:{http.port}/serving-endpoints/{settings.endpoint.name}/invocations")
     return thread

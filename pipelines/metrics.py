@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -40,6 +41,22 @@ def entities(result: RequestResult) -> list[str]:
     """The served entities a request is attributed to."""
     names = dict.fromkeys(r.served_entity or NO_ENTITY for r in result.answered_records())
     return list(names) or [NO_ENTITY]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What the metrics keep of one answered request: small, so a worker process can send it on."""
+
+    entities: tuple[str, ...]
+    status_code: int
+    error_code: str | None
+    latency_s: float  # arrival to answer
+    model_s: float  # the predict call of its batch
+
+    @classmethod
+    def of(cls, result: RequestResult, latency_s: float) -> Outcome:
+        model_s = result.timings.model_ms / 1000
+        return cls(tuple(entities(result)), result.status_code, result.error_code, latency_s, model_s)
 
 
 class ServiceMetrics:
@@ -75,22 +92,28 @@ class ServiceMetrics:
     # -- what the transports report --------------------------------------------------------
     def answered(self, transport: str, result: RequestResult, latency_s: float) -> None:
         """One request answered (any status), ``latency_s`` from arrival to answer."""
-        model_s = result.timings.model_ms / 1000
-        for entity in entities(result):
-            self._count(transport, entity, result.status_code, result.error_code, latency_s)
+        self.record(transport, Outcome.of(result, latency_s))
+
+    def record(self, transport: str, outcome: Outcome) -> None:
+        for entity in outcome.entities:
+            self._count(transport, entity, outcome.status_code, outcome.error_code, outcome.latency_s)
             labels = (self.endpoint, entity, transport)
-            self.model_latency.labels(*labels).observe(model_s)
-            self.overhead.labels(*labels).observe(max(0.0, latency_s - model_s))
+            self.model_latency.labels(*labels).observe(outcome.model_s)
+            self.overhead.labels(*labels).observe(max(0.0, outcome.latency_s - outcome.model_s))
 
     def refused(self, transport: str, status_code: int, error_code: str, latency_s: float) -> None:
         """A request answered before it reached the scoring core (too large, unknown endpoint, ...)."""
         self._count(transport, NO_ENTITY, status_code, error_code, latency_s)
 
     def batch_scored(self, transport: str, results: Sequence[RequestResult]) -> None:
-        self.batch_size.labels(self.endpoint, transport).observe(len(results))
-        if transport != "http":  # the HTTP server reports each request as it answers it
-            for result in results:
-                self.answered(transport, result, result.timings.total_ms / 1000)
+        # the HTTP server reports each request as it answers it; Kafka's are answered with the batch
+        outcomes = [] if transport == "http" else [Outcome.of(r, r.timings.total_ms / 1000) for r in results]
+        self.batch_recorded(transport, len(results), outcomes)
+
+    def batch_recorded(self, transport: str, size: int, outcomes: Sequence[Outcome]) -> None:
+        self.batch_size.labels(self.endpoint, transport).observe(size)
+        for outcome in outcomes:
+            self.record(transport, outcome)
 
     def table_flushed(self, transport: str, rows: int, seconds: float) -> None:
         self.flush_delay.labels(self.endpoint, transport).observe(seconds)

@@ -4,64 +4,134 @@ Kafka's group protocol spreads the partitions over the workers; when one dies it
 move to the others after ``kafka.session_timeout_ms`` and come back when the restarted worker
 joins. Nothing is lost in a move: the delivery loop skips records the table already holds and
 replays the rest. SIGTERM or Ctrl-C stops every worker after its current micro-batch and flush.
+
+Each worker talks to the supervisor through two one-way pipes (:class:`WorkerLink`): stop orders
+in; reports out ("assigned partitions", and the worker's metrics events when the supervisor
+keeps metrics, see :mod:`lakeserve.pipelines.metrics_relay`). One reader thread in the
+supervisor reads every report pipe. Not a ``multiprocessing.Event`` for stopping: its condition
+variable counts sleepers, and once a worker waiting on it is SIGKILLed, ``set()`` blocks forever
+waiting for that sleeper to wake, so a supervisor that had lost one worker could never stop the
+others. A pipe also tells a worker when its supervisor is gone (end of file): no worker outlives it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing as mp
 import signal
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from typing import Any
 
 from lakeserve.errors import ComponentError
+from lakeserve.pipelines.metrics import ServiceMetrics
+from lakeserve.pipelines.metrics_relay import MetricsRelay, apply
 from lakeserve.pipelines.settings import Settings
 
 log = logging.getLogger(__name__)
 
-Target = Callable[[Settings, Any, Any], None]
+STOP, ASSIGNED = "stop", "assigned"
 
 
-def worker_main(settings: Settings, stop: Any, ready: Any = None) -> None:
+class WorkerLink:
+    """A worker's ends of its pipes to the supervisor (picklable: it crosses the spawn)."""
+
+    def __init__(self, orders: Connection, reports: Connection, relay_metrics: bool = False) -> None:
+        self._orders, self._reports, self.relay_metrics = orders, reports, relay_metrics
+        self._send_lock = threading.Lock()
+
+    def __getstate__(self) -> tuple[Connection, Connection, bool]:
+        return self._orders, self._reports, self.relay_metrics
+
+    def __setstate__(self, state: tuple[Connection, Connection, bool]) -> None:
+        self.__init__(*state)  # type: ignore[misc]
+
+    def stop_event(self) -> threading.Event:
+        """An event set when the supervisor says stop, when it is gone, or on SIGTERM."""
+        stop = threading.Event()
+
+        def relay() -> None:
+            try:
+                self._orders.recv()
+            except (EOFError, OSError):
+                log.warning("the supervisor is gone; stopping after the current micro-batch")
+            stop.set()
+
+        threading.Thread(target=relay, name="stop-relay", daemon=True).start()
+        if threading.current_thread() is threading.main_thread():
+            # set from a fresh thread: the handler may interrupt the main thread inside stop's own lock
+            signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=stop.set).start())
+        return stop
+
+    def assigned(self) -> None:
+        """Report that the group gave this worker partitions (readiness)."""
+        with contextlib.suppress(OSError):  # the supervisor is gone; the stop relay ends the worker
+            self.report(ASSIGNED)
+
+    def metrics(self) -> MetricsRelay | None:
+        """The loop's metrics hook, when the supervisor keeps metrics (``lakeserve serve --http``)."""
+        return MetricsRelay(self.report) if self.relay_metrics else None
+
+    def report(self, message: Any) -> None:
+        with self._send_lock:
+            self._reports.send(message)
+
+
+Target = Callable[[Settings, WorkerLink], None]
+
+
+def worker_main(settings: Settings, link: WorkerLink) -> None:
     """Entry point of a worker process (module-level, so the spawn start method can import it)."""
     from lakeserve.pipelines.service import run_worker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s [%(processName)s] %(name)s: %(message)s")
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when to stop
-    local = threading.Event()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the supervisor decides
+    run_worker(settings, link.stop_event(), metrics=link.metrics(), on_assigned=link.assigned)
 
-    def relay() -> None:  # the supervisor's process-shared event, as the thread event the loop reads
-        stop.wait()
-        local.set()
 
-    threading.Thread(target=relay, daemon=True).start()
-    run_worker(settings, local, on_assigned=ready.set if ready is not None else lambda: None)
+@dataclass
+class _Slot:
+    process: BaseProcess
+    orders: Connection  # supervisor -> worker
+    reports: Connection  # worker -> supervisor; read (and closed) by the reader thread only
+    ready: threading.Event = field(default_factory=threading.Event)
 
 
 class Supervisor:
-    """Keeps ``count`` workers alive until stopped; restarts a dead one after a short back-off."""
+    """Keeps ``count`` workers alive until stopped; restarts a dead one after a short back-off.
+
+    With ``metrics``, the workers' metrics events are recorded in it (see ``metrics_relay``).
+    """
 
     def __init__(
-        self, settings: Settings, count: int, target: Target = worker_main, restart_backoff_s: float = 1.0
+        self,
+        settings: Settings,
+        count: int,
+        target: Target = worker_main,
+        restart_backoff_s: float = 1.0,
+        metrics: ServiceMetrics | None = None,
     ) -> None:
         self.settings, self.count, self.target = settings, count, target
-        self.restart_backoff_s = restart_backoff_s
+        self.restart_backoff_s, self.metrics = restart_backoff_s, metrics
         self.ctx = mp.get_context("spawn")
-        self.stop_event = self.ctx.Event()
-        self.workers: dict[int, BaseProcess] = {}
-        self.ready: dict[int, Any] = {}  # slot -> event set once the worker holds partitions
+        self.slots: dict[int, _Slot] = {}
         self.restarts = 0
+        self._stopped_reading = threading.Event()
+        self._reader = threading.Thread(target=self._read_reports, name="worker-reports", daemon=True)
 
     def start(self) -> None:
-        for slot in range(self.count):
-            self._spawn(slot)
+        for n in range(self.count):
+            self._spawn(n)
+        self._reader.start()
 
     def run(self, stopped: threading.Event) -> None:
         """Watch the workers until ``stopped`` is set, then stop them all (starts them if needed)."""
-        if not self.workers:
+        if not self.slots:
             self.start()
         try:
             while not stopped.wait(0.5):
@@ -71,49 +141,82 @@ class Supervisor:
 
     def reap(self) -> list[int]:
         """Restart every worker that exited; returns their slots."""
-        dead = [slot for slot, p in self.workers.items() if not p.is_alive()]
-        for slot in dead:
-            log.warning(
-                "worker %d (pid %s) exited with %s; restarting",
-                slot,
-                self.workers[slot].pid,
-                self.workers[slot].exitcode,
-            )
+        dead = [n for n, s in self.slots.items() if not s.process.is_alive()]
+        for n in dead:
+            p = self.slots[n].process
+            log.warning("worker %d (pid %s) exited with %s; restarting", n, p.pid, p.exitcode)
+            self.slots[n].orders.close()
             time.sleep(self.restart_backoff_s)  # back-off so a crash loop does not spin
-            self._spawn(slot)
+            self._spawn(n)
             self.restarts += 1
         return dead
 
     def shutdown(self, timeout_s: float = 60.0) -> None:
-        self.stop_event.set()
+        """Ask every worker to stop (it finishes its micro-batch and flushes), kill any still
+        running after ``timeout_s``; the workers' last reports are read before returning."""
+        for s in self.slots.values():
+            with contextlib.suppress(OSError):  # already dead
+                s.orders.send(STOP)
         deadline = time.monotonic() + timeout_s
-        for p in self.workers.values():
-            p.join(max(0.1, deadline - time.monotonic()))
-            if p.is_alive():
-                log.error("worker pid %s did not stop in time; killing it", p.pid)
-                p.kill()
-                p.join(5)
+        for s in self.slots.values():
+            s.process.join(max(0.1, deadline - time.monotonic()))
+            if s.process.is_alive():
+                log.error("worker pid %s did not stop in time; killing it", s.process.pid)
+                s.process.kill()
+                s.process.join(5)
+            s.orders.close()
+        self._stopped_reading.set()
+        if self._reader.is_alive():
+            self._reader.join(10)
 
     def wait_ready(self, timeout_s: float = 180.0) -> None:
-        """Block until every worker has been assigned partitions at least once."""
+        """Block until every worker has been assigned partitions at least once (a worker that dies
+        first is waited for again once :meth:`run` has restarted it)."""
         deadline = time.monotonic() + timeout_s
-        for slot, event in list(self.ready.items()):
-            if not event.wait(max(0.0, deadline - time.monotonic())):
+        while pending := [n for n, s in list(self.slots.items()) if not s.ready.is_set()]:
+            left = deadline - time.monotonic()
+            if left <= 0:
                 raise ComponentError(
-                    "workers", f"worker {slot} held no partitions after {timeout_s:.0f} s; see its log"
+                    "workers", f"worker(s) {pending} held no partitions after {timeout_s:.0f} s; see their log"
                 )
+            self.slots[pending[0]].ready.wait(min(left, 0.5))
 
     def pids(self) -> list[int]:
-        return [p.pid for p in self.workers.values() if p.pid is not None and p.is_alive()]
+        return [s.process.pid for s in self.slots.values() if s.process.pid is not None and s.process.is_alive()]
 
-    def _spawn(self, slot: int) -> None:
+    def _read_reports(self) -> None:
+        """The one reader of every report pipe, until shutdown has joined the workers and their
+        pipes are drained."""
+        while True:
+            open_ = {id(s.reports): s for s in list(self.slots.values()) if not s.reports.closed}
+            if not open_ and self._stopped_reading.is_set():
+                return
+            readable = wait([s.reports for s in open_.values()], timeout=0.2) if open_ else []
+            if not readable and self._stopped_reading.is_set():
+                return
+            for conn in readable:
+                self._drain(open_[id(conn)])
+
+    def _drain(self, slot: _Slot) -> None:
+        try:
+            while slot.reports.poll():
+                message = slot.reports.recv()
+                if message == ASSIGNED:
+                    slot.ready.set()
+                elif self.metrics is not None:
+                    apply(self.metrics, message)
+        except (EOFError, OSError):  # the worker is gone; reap restarts it with fresh pipes
+            slot.reports.close()
+        except Exception:  # a bad report must not stop the reader
+            log.exception("reading a worker report failed")
+
+    def _spawn(self, n: int) -> None:
+        orders_r, orders_w = self.ctx.Pipe(duplex=False)
+        reports_r, reports_w = self.ctx.Pipe(duplex=False)
+        link = WorkerLink(orders_r, reports_w, relay_metrics=self.metrics is not None)
         # daemon: multiprocessing ends the workers when the supervisor exits, whatever the path
-        self.ready[slot] = self.ctx.Event()
-        p = self.ctx.Process(
-            target=self.target,
-            args=(self.settings, self.stop_event, self.ready[slot]),
-            name=f"worker-{slot}",
-            daemon=True,
-        )
+        p = self.ctx.Process(target=self.target, args=(self.settings, link), name=f"worker-{n}", daemon=True)
         p.start()
-        self.workers[slot] = p
+        orders_r.close()  # the child holds its own copies; ours would hide its end of file
+        reports_w.close()
+        self.slots[n] = _Slot(p, orders_w, reports_r)

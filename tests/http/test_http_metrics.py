@@ -16,6 +16,7 @@ from lakeserve.pipelines.embedded.kafka import ensure_topics
 from lakeserve.pipelines.metrics import ServiceMetrics
 from lakeserve.pipelines.service import build_worker
 from lakeserve.pipelines.settings import Settings
+from lakeserve.pipelines.workers import Supervisor
 
 
 def test_metrics_move_after_requests(rest: Server, demo_assets: Any) -> None:
@@ -74,8 +75,9 @@ def test_http_rows_land_in_the_inference_table(rest: Server, demo_assets: Any) -
     assert list(bad["error_code"]) == ["INVALID_PARAMETER_VALUE"]
 
 
-def test_kafka_loop_reports_batches_flushes_and_lag(stack: Settings, demo_assets: Any) -> None:
-    name = f"http-kmetrics-{uuid.uuid4().hex[:6]}"
+def kafka_settings(stack: Settings, tag: str) -> Settings:
+    """Topics, group and inference table of this test's own."""
+    name = f"{tag}-{uuid.uuid4().hex[:6]}"
     kafka = stack.kafka.model_copy(
         update={"requests_topic": f"t.{name}.requests", "responses_topic": f"t.{name}.responses",
                 "dead_letter_topic": f"t.{name}.dead", "group_id": f"g-{name}"}
@@ -87,12 +89,37 @@ def test_kafka_loop_reports_batches_flushes_and_lag(stack: Settings, demo_assets
                 "endpoint": stack.endpoint.model_copy(update={"auto_capture_config": capture})}
     )  # fmt: skip
     ensure_topics(settings.kafka)
-    customers = pd.read_parquet(demo_assets.data_dir / "customers.parquet")
+    return settings
+
+
+def produce_requests(settings: Settings, customers: pd.DataFrame, count: int) -> None:
     producer = KafkaProducer(**settings.kafka.client_options())
-    for body in request_bodies(customers, 20, seed=51):
+    for body in request_bodies(customers, count, seed=51):
         producer.send(settings.kafka.requests_topic, body)
     producer.flush()
     producer.close()
+
+
+def assert_kafka_series(metrics: ServiceMetrics, settings: Settings, requests: int) -> None:
+    registry = metrics.registry
+    labels = {"endpoint": settings.endpoint.name, "transport": "kafka"}
+    assert (registry.get_sample_value("lakeserve_batch_size_sum", labels) or 0) == requests
+    assert (registry.get_sample_value("lakeserve_inference_rows_logged_total", labels) or 0) == requests
+    assert (registry.get_sample_value("lakeserve_inference_table_flush_delay_seconds_count", labels) or 0) >= 1
+    ok = sum(
+        registry.get_sample_value(
+            "lakeserve_requests_total", {**labels, "served_entity": e, "status_code": "200"}
+        ) or 0
+        for e in ("champion", "challenger")
+    )  # fmt: skip
+    assert ok == requests
+    assert _sample(metrics, "lakeserve_kafka_consumer_lag") == 0  # everything produced was consumed
+
+
+def test_kafka_loop_reports_batches_flushes_and_lag(stack: Settings, demo_assets: Any) -> None:
+    settings = kafka_settings(stack, "http-kmetrics")
+    customers = pd.read_parquet(demo_assets.data_dir / "customers.parquet")
+    produce_requests(settings, customers, 20)
 
     metrics = ServiceMetrics(CollectorRegistry(), settings.endpoint.name)
     worker = build_worker(settings, metrics=metrics)
@@ -105,19 +132,35 @@ def test_kafka_loop_reports_batches_flushes_and_lag(stack: Settings, demo_assets
     finally:
         stop.set()
         thread.join(timeout=60)
-    registry = metrics.registry
-    labels = {"endpoint": settings.endpoint.name, "transport": "kafka"}
-    assert (registry.get_sample_value("lakeserve_batch_size_sum", labels) or 0) == 20
-    assert (registry.get_sample_value("lakeserve_inference_rows_logged_total", labels) or 0) == 20
-    assert (registry.get_sample_value("lakeserve_inference_table_flush_delay_seconds_count", labels) or 0) >= 1
-    ok = sum(
-        registry.get_sample_value(
-            "lakeserve_requests_total", {**labels, "served_entity": e, "status_code": "200"}
-        ) or 0
-        for e in ("champion", "challenger")
-    )  # fmt: skip
-    assert ok == 20
-    assert _sample(metrics, "lakeserve_kafka_consumer_lag") == 0  # everything produced was consumed
+    assert_kafka_series(metrics, settings, 20)
+
+
+def test_worker_processes_report_into_the_servers_metrics(stack: Settings, demo_assets: Any) -> None:
+    """``lakeserve serve --workers N --http``: the workers run in their own processes, and their
+    requests, lag and flushes still reach the one registry (and dashboard) the REST server shows."""
+    settings = kafka_settings(stack, "http-wmetrics")
+    customers = pd.read_parquet(demo_assets.data_dir / "customers.parquet")
+    metrics = ServiceMetrics(CollectorRegistry(), settings.endpoint.name)
+    supervisor = Supervisor(settings, 1, metrics=metrics)
+    stopped = threading.Event()
+    runner = threading.Thread(target=supervisor.run, args=(stopped,), daemon=True)
+    supervisor.start()
+    runner.start()
+    try:
+        supervisor.wait_ready()
+        produce_requests(settings, customers, 20)
+        rows = "lakeserve_inference_rows_logged_total"
+        labels = {"endpoint": settings.endpoint.name, "transport": "kafka"}
+        wait_until(lambda: (metrics.registry.get_sample_value(rows, labels) or 0) >= 20, 90, "20 rows not reported")
+        wait_until(lambda: _sample(metrics, "lakeserve_kafka_consumer_lag") == 0, 30, "no lag of 0 reported")
+    finally:
+        stopped.set()
+        runner.join(timeout=90)
+    assert not runner.is_alive()
+    assert_kafka_series(metrics, settings, 20)
+    dashboard = metrics.dashboard()
+    assert sum(e["requests"] for e in dashboard["entities"]) == 20
+    assert {e["served_entity"] for e in dashboard["entities"]} <= {"champion", "challenger"}
 
 
 def _sample(metrics: ServiceMetrics, name: str) -> float | None:

@@ -49,6 +49,7 @@ def test_sigkilled_workers_lose_nothing_and_log_once(stack: Settings, demo_asset
         runner.join(timeout=120)
         collector.close()
 
+    assert not runner.is_alive(), "the supervisor could not stop its workers"
     expected = {request_id(settings.kafka.group_id, settings.kafka.requests_topic, p, o) for p, o in positions}
     assert len(killed) == KILLS
     assert supervisor.restarts >= KILLS

@@ -4,6 +4,7 @@ and the old config keeps serving."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -38,10 +39,13 @@ def cli(config_file: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def wait_status(settings: Settings, state: str, since: float, timeout_s: float = 90) -> dict[str, object]:
+    """The update status written by this process's worker (the file is the endpoint's, shared by every
+    process serving it) once it reads ``state``."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         status = read_status(settings.stack.state_dir, settings.endpoint.name)
-        if status and status["state"] == state and float(str(status["at_epoch"])) >= since:
+        mine = status is not None and status["pid"] == os.getpid()
+        if status and mine and status["state"] == state and float(str(status["at_epoch"])) >= since:
             return status
         threading.Event().wait(0.1)
     last = read_status(settings.stack.state_dir, settings.endpoint.name)

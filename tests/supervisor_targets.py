@@ -1,0 +1,13 @@
+"""Worker entry points for the supervisor tests (module-level, so spawned processes can import them)."""
+
+from __future__ import annotations
+
+from lakeserve.pipelines.settings import Settings
+from lakeserve.pipelines.workers import WorkerLink
+
+
+def idle_worker(settings: Settings, link: WorkerLink) -> None:
+    """Reports itself assigned, then does nothing until told to stop."""
+    stop = link.stop_event()
+    link.assigned()
+    stop.wait()
