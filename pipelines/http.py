@@ -13,6 +13,7 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Sequence
 
 import uvicorn
 from prometheus_client import CollectorRegistry
@@ -30,11 +31,12 @@ from lakeserve.pipelines.http_batcher import MicroBatcher
 from lakeserve.pipelines.http_logging import HttpTableLogger
 from lakeserve.pipelines.http_settings import HttpSettings
 from lakeserve.pipelines.metrics import ServiceMetrics
-from lakeserve.pipelines.service import load_models, table_schema
+from lakeserve.pipelines.service import apply_pending_update, load_models, new_updater, table_schema, table_target
 from lakeserve.pipelines.settings import Settings, format_validation_error
+from lakeserve.pipelines.updates import Update
 from lakeserve.scoring.core import ScoringCore
 from lakeserve.scoring.models import model_summary
-from lakeserve.scoring.records import RequestResult
+from lakeserve.scoring.records import RequestResult, ScoringRequest
 
 log = logging.getLogger(__name__)
 
@@ -45,20 +47,35 @@ def new_metrics(settings: Settings) -> ServiceMetrics:
 
 
 def load_scoring(settings: Settings, metrics: ServiceMetrics) -> Scoring:
-    """Models, Feast, the core, the table logger and the batcher (blocking: loads the models)."""
+    """Models, Feast, the core, the table logger, the batcher and the endpoint updater (blocking:
+    loads the models). Prepared updates are swapped in before a micro-batch, as on the Kafka path."""
     endpoint = settings.endpoint
     lookup = FeastFeatureLookup(feature_store(settings.feast))
     models = load_models(settings, endpoint)
     core = ScoringCore(endpoint, models, lookup)
+    updater = new_updater(settings, endpoint, models)
+    writer = DeltaInferenceWriter(settings.inference_table_uri) if endpoint.auto_capture_config.enabled else None
     table: HttpTableLogger | None = None
-    if endpoint.auto_capture_config.enabled:
-        writer = DeltaInferenceWriter(settings.inference_table_uri)
-        cap = endpoint.auto_capture_config
-        target = TableTarget(
-            writer.ensure(table_schema(models, lookup)), endpoint.name, cap.sampling_fraction, cap.payload_cap_bytes
-        )
+    if writer is not None:
+        target = table_target(endpoint, writer, table_schema(models, lookup))
         table = HttpTableLogger(writer, target, RowBuffer.from_settings(settings.tables, time.monotonic), metrics)
         table.start()
+    served = model_summary(models)  # /ready shows it; kept current across swaps
+    stop_watching = threading.Event()
+    threading.Thread(target=updater.watch, args=(stop_watching,), name="endpoint-updater", daemon=True).start()
+
+    def new_target(update: Update) -> TableTarget | None:
+        return table_target(update.endpoint, writer, table_schema(update.models, lookup)) if writer else None
+
+    def score(requests: Sequence[ScoringRequest]) -> list[RequestResult]:
+        swapped = apply_pending_update(updater, core, new_target)
+        if swapped is not None:
+            update, target = swapped
+            served.clear()
+            served.update(model_summary(update.models))
+            if table is not None and target is not None:
+                table.target = target
+        return core.score(requests)
 
     def on_scored(results: list[RequestResult]) -> None:
         metrics.batch_scored("http", results)
@@ -66,13 +83,14 @@ def load_scoring(settings: Settings, metrics: ServiceMetrics) -> Scoring:
             table.add(results)
 
     def close() -> None:
+        stop_watching.set()
         if table is not None:
             table.stop()
-        for model in models.values():
+        for model in updater.current.models.values():
             model.unload()
 
-    batcher = MicroBatcher(core.score, endpoint.limits, on_scored)
-    return Scoring(batcher, model_summary(models), close)
+    batcher = MicroBatcher(score, endpoint.limits, on_scored)
+    return Scoring(batcher, served, close)
 
 
 def listen_settings(http: HttpSettings, host: str | None, port: int | None) -> HttpSettings:

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 import pyarrow as pa
 
@@ -27,12 +28,13 @@ from lakeserve.pipelines.kafka_sinks import KafkaResponseSink
 from lakeserve.pipelines.kafka_source import KafkaRequestSource, RebalanceHandler
 from lakeserve.pipelines.metrics import LoopMetrics
 from lakeserve.pipelines.settings import Settings
-from lakeserve.pipelines.updates import EndpointUpdater
+from lakeserve.pipelines.updates import EndpointUpdater, Update
 from lakeserve.scoring.core import ScoringCore
 from lakeserve.scoring.models import MlflowServedModel, ServedModel, model_summary
 from lakeserve.scoring.settings import EndpointSettings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass
@@ -63,6 +65,17 @@ def table_schema(models: Mapping[str, ServedModel], lookup: FeastFeatureLookup) 
     return inference_schema(inputs, predictions)
 
 
+def new_updater(settings: Settings, endpoint: EndpointSettings, models: Mapping[str, ServedModel]) -> EndpointUpdater:
+    """The updater that watches this endpoint's control file and aliases for a service serving ``models``."""
+    return EndpointUpdater(
+        endpoint,
+        models,
+        settings.stack.state_dir,
+        settings.mlflow,
+        lambda entity: MlflowServedModel.load(entity, settings.mlflow),
+    )
+
+
 def build_worker(
     settings: Settings, *, endpoint: EndpointSettings | None = None, metrics: LoopMetrics | None = None
 ) -> Worker:
@@ -71,28 +84,15 @@ def build_worker(
     models = load_models(settings, endpoint)
     core = ScoringCore(endpoint, models, lookup)
     writer = DeltaInferenceWriter(settings.inference_table_uri)
-    target = _target(endpoint, writer, table_schema(models, lookup))
-    updater = EndpointUpdater(
-        endpoint,
-        models,
-        settings.stack.state_dir,
-        settings.mlflow,
-        lambda entity: MlflowServedModel.load(entity, settings.mlflow),
-    )
+    target = table_target(endpoint, writer, table_schema(models, lookup))
+    updater = new_updater(settings, endpoint, models)
 
     def before_batch() -> None:
-        update = updater.take_pending()
-        if update is None:
-            return
-        try:
-            new_target = _target(update.endpoint, writer, table_schema(update.models, lookup))
-            retired = core.swap(update.models, update.endpoint).models
-        except ConfigError as exc:
-            log.error("endpoint update refused, old config keeps serving: %s", exc)
-            return
-        loop.target = new_target
-        updater.applied(update, retired)
-        log.info("endpoint %s now serves %s", update.endpoint.name, model_summary(update.models))
+        swapped = apply_pending_update(
+            updater, core, lambda u: table_target(u.endpoint, writer, table_schema(u.models, lookup))
+        )
+        if swapped is not None:
+            loop.target = swapped[1]
 
     def make_source(handler: RebalanceHandler) -> KafkaRequestSource:
         return KafkaRequestSource(settings.kafka, endpoint.limits, handler, metrics=metrics)
@@ -111,7 +111,32 @@ def build_worker(
     return Worker(loop, core, updater)
 
 
-def _target(endpoint: EndpointSettings, writer: InferenceTableWriter, schema: pa.Schema) -> TableTarget:
+def apply_pending_update(
+    updater: EndpointUpdater, core: ScoringCore, prepare: Callable[[Update], T]
+) -> tuple[Update, T] | None:
+    """Swap the updater's prepared update into ``core``, if there is one; call between micro-batches.
+
+    ``prepare`` builds what the caller must install with the new models (its table target); it
+    runs before the swap, so a ConfigError from it or from the swap refuses the update and the
+    old config keeps serving. Returns the update and what ``prepare`` built, or None. Shared by
+    the Kafka loop and the REST server, so both follow ``lakeserve endpoint update`` and aliases.
+    """
+    update = updater.take_pending()
+    if update is None:
+        return None
+    try:
+        prepared = prepare(update)
+        retired = core.swap(update.models, update.endpoint).models
+    except ConfigError as exc:
+        log.error("endpoint update refused, old config keeps serving: %s", exc)
+        updater.refused(update, exc)
+        return None
+    updater.applied(update, retired)
+    log.info("endpoint %s now serves %s", update.endpoint.name, model_summary(update.models))
+    return update, prepared
+
+
+def table_target(endpoint: EndpointSettings, writer: InferenceTableWriter, schema: pa.Schema) -> TableTarget:
     cap = endpoint.auto_capture_config
     return TableTarget(writer.ensure(schema), endpoint.name, cap.sampling_fraction, cap.payload_cap_bytes)
 

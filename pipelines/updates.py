@@ -117,6 +117,14 @@ class EndpointUpdater:
         self.current = update
         self._write_status("applied", None)
 
+    def refused(self, update: Update, error: Exception) -> None:
+        """Record that a prepared update could not be swapped in; unload the models it loaded."""
+        in_use = {id(m) for m in self.current.models.values()}
+        for model in update.models.values():
+            if id(model) not in in_use:
+                model.unload()
+        self._write_status("failed", str(error))
+
     def watch(self, stop: threading.Event) -> None:
         """Poll until ``stop``; run it in a daemon thread."""
         while not stop.wait(self.poll_interval_s):
