@@ -149,6 +149,16 @@ def _add(
     return cmd
 
 
+def _stop_on_signals() -> threading.Event:
+    """An event set by SIGINT (Ctrl-C) or SIGTERM. Installed explicitly: a process started in the
+    background of a non-interactive shell (CI, nohup) inherits SIGINT ignored, and Python then
+    raises no KeyboardInterrupt."""
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    return stop
+
+
 def _up(settings: Settings, args: argparse.Namespace) -> int:
     from lakeserve.pipelines.embedded.stack import Stack
 
@@ -157,16 +167,12 @@ def _up(settings: Settings, args: argparse.Namespace) -> int:
     _print_status(stack)
     if args.detach:
         return 0
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stop = _stop_on_signals()
     print("lakeserve: stack is up; Ctrl-C (or `lakeserve down`) stops it", flush=True)
-    try:
-        while not stop.wait(1.0):
-            if not any(s.pid for s in stack.status()):
-                print("lakeserve: every component has stopped", flush=True)
-                return 0
-    except KeyboardInterrupt:
-        pass
+    while not stop.wait(1.0):
+        if not any(s.pid for s in stack.status()):
+            print("lakeserve: every component has stopped", flush=True)
+            return 0
     stopped = stack.down()
     print(f"lakeserve: stopped {', '.join(stopped) or 'nothing'}", flush=True)
     return 0
@@ -206,9 +212,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
 
     if args.workers < (0 if args.http else 1):
         raise ConfigError(f"--workers must be at least {0 if args.http else 1}, got {args.workers}")
-    stopped = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
-    signal.signal(signal.SIGINT, lambda *_: stopped.set())
+    stopped = _stop_on_signals()
     metrics = None
     if args.http:  # one registry: the REST server's, fed by the Kafka workers too
         from lakeserve.pipelines.http import new_metrics

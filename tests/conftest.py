@@ -86,12 +86,16 @@ def wait_for_line(stream_lines: queue.Queue[str | None], needle: str, timeout_s:
 
 @pytest.fixture(scope="session")
 def stack(config_file: Path, settings: Settings) -> Iterator[Settings]:
-    """`lakeserve up` in the foreground; stopped by SIGINT (Ctrl-C) at the end of the session."""
+    """`lakeserve up` in the foreground; stopped by SIGINT (Ctrl-C) at the end of the session.
+
+    Started with SIGINT ignored, as a background job of a non-interactive shell (CI) starts it:
+    Ctrl-C must stop it all the same."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "lakeserve.pipelines.cli", "--config", str(config_file), "up"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
     lines: queue.Queue[str | None] = queue.Queue()
 
@@ -108,7 +112,7 @@ def stack(config_file: Path, settings: Settings) -> Iterator[Settings]:
         raise
     yield settings
     proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=240) == 0, "lakeserve up did not stop cleanly on Ctrl-C"
+    assert proc.wait(timeout=120) == 0, "lakeserve up did not stop cleanly on Ctrl-C"
     wait_for_line(lines, "stopped kafka", timeout_s=5)
 
 
