@@ -98,6 +98,9 @@ class DeliveryLoop(RebalanceHandler):
         self.positions: dict[Partition, int] = {}  # next offset to commit once the buffer is in Delta
         self.stats = LoopStats()
         self.on_assigned: Callable[[], None] = lambda: None  # readiness hook for supervisors and tests
+        # Guards the buffer and the offsets: kafka-python runs the revoke callback (a flush) on its
+        # IO thread, possibly while this loop is between steps or flushing itself.
+        self._lock = threading.Lock()
         self.source = make_source(self)
 
     # -- rebalance -------------------------------------------------------------------------
@@ -130,12 +133,16 @@ class DeliveryLoop(RebalanceHandler):
     def run_once(self) -> int:
         """One micro-batch through steps 1-5; returns the number of requests scored."""
         self.before_batch()
-        fresh = self._fresh(self.source.poll())  # 1
+        polled = self.source.poll()  # 1
+        with self._lock:
+            fresh = self._fresh(polled)
         if fresh:
             results = self.score(fresh)  # 2
             self.sink.send(results)  # 3
             self.sink.flush()
-            self.buffer.add(self.target.rows(results), self._versions(fresh))  # 4
+            rows = self.target.rows(results)
+            with self._lock:
+                self.buffer.add(rows, self._versions(fresh))  # 4
             self._count(results)
             if self.metrics is not None:
                 self.metrics.batch_scored("kafka", results)
@@ -144,16 +151,21 @@ class DeliveryLoop(RebalanceHandler):
         return len(fresh)
 
     def flush(self, *, wait: bool = True) -> None:
-        """Step 5: rows and their offsets into Delta in one commit, then Kafka offsets."""
-        if self.buffer.empty and not self.positions:
-            return
-        started = self.clock()
-        rows, versions = self.buffer.drain()
-        if rows.num_rows or versions:
-            rows = self._not_logged_elsewhere(rows)
-            self.writer.append(rows, versions)
-            self.stats.rows_logged += rows.num_rows
-        positions, self.positions = self.positions, {}
+        """Step 5: rows and their offsets into Delta in one commit, then Kafka offsets.
+
+        Safe from two threads at once (the loop and a revoke): one drains and appends, the other
+        finds nothing left. The Kafka commit is sent after the lock is released, since a
+        synchronous commit needs the consumer's IO thread, which may be waiting for the lock."""
+        with self._lock:
+            if self.buffer.empty and not self.positions:
+                return
+            started = self.clock()
+            rows, versions = self.buffer.drain()
+            if rows.num_rows or versions:
+                rows = self._not_logged_elsewhere(rows)
+                self.writer.append(rows, versions)
+                self.stats.rows_logged += rows.num_rows
+            positions, self.positions = self.positions, {}
         self.source.commit(positions, wait=wait)
         self.stats.flushes += 1
         self.stats.last_flush_delay_s = self.clock() - started

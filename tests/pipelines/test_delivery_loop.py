@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
@@ -71,3 +72,51 @@ def test_a_record_fetched_twice_in_one_batch_is_scored_and_logged_once() -> None
     rows = writer.rows()
     assert sorted(rows["kafka_offset"].to_pylist()) == [0, 1, 2]
     assert loop.source.committed == {(TOPIC, 0): 3}
+
+
+class GatedBuffer(RowBuffer):
+    """A buffer whose drain stops half-way (tables read, not yet cleared) until released."""
+
+    def __init__(self) -> None:
+        super().__init__(10**6, 10**6, lambda: 0.0)  # never due: only explicit flushes drain it
+        self.entered = [threading.Event(), threading.Event()]
+        self.release = threading.Event()
+        self.calls = 0
+
+    def drain(self) -> tuple[pa.Table, dict[str, int]]:
+        tables = pa.concat_tables(self._tables) if self._tables else pa.table({})
+        versions = dict(self._versions)
+        self.entered[min(self.calls, 1)].set()
+        self.calls += 1
+        self.release.wait(10)
+        super().drain()
+        return tables, versions
+
+
+def test_two_flushes_at_once_log_each_row_once() -> None:
+    """kafka-python runs the revoke callback (a flush) on its IO thread while the loop may flush."""
+    writer = InMemoryInferenceWriter()
+    schema = writer.ensure(inference_schema({}, {"prediction": pa.float64()}))
+    buffer = GatedBuffer()
+    loop = DeliveryLoop(
+        lambda h: ListSource(h, [[request(0), request(1), request(2)]]),
+        score,
+        NullSink(),
+        writer,
+        TableTarget(schema, "ep", 1.0, 1 << 20),
+        buffer,
+        "g",
+        clock=lambda: 0.0,
+    )
+    assert loop.run_once() == 3
+    first = threading.Thread(target=loop.flush)
+    first.start()
+    assert buffer.entered[0].wait(10)
+    second = threading.Thread(target=loop.flush, kwargs={"wait": False})
+    second.start()
+    overlapped = buffer.entered[1].wait(1.0)  # bounded look for the race: it must not get in
+    buffer.release.set()
+    first.join(10)
+    second.join(10)
+    assert not overlapped
+    assert sorted(writer.rows()["kafka_offset"].to_pylist()) == [0, 1, 2]
