@@ -438,6 +438,7 @@ def lakeserve_main(stats_dir: Path, profile_from: Any, settings: Settings, link:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s [worker] %(name)s: %(message)s")
     local = link.stop_event()
     worker = build_worker(settings)
+    worker.loop.on_assigned = link.assigned
     profiler = cProfile.Profile() if profile_from is not None else None
     while profile_from is not None and not profile_from.is_set() and not local.is_set():
         worker.loop.run_once()
@@ -475,8 +476,10 @@ def lakeserve_workers(settings: Settings, count: int, stats_dir: Path, profile_f
     supervisor = Supervisor(settings, count, target=functools.partial(lakeserve_main, stats_dir, profile_from))
     stopped = threading.Event()
     thread = threading.Thread(target=supervisor.run, args=(stopped,), name="supervisor", daemon=True)
+    supervisor.start()
     thread.start()
     try:
+        supervisor.wait_ready()  # every worker holds partitions
         yield
     finally:
         stopped.set()
