@@ -71,6 +71,7 @@ class LoopStats:
     flushes: int = 0
     rows_logged: int = 0
     rows_dropped_as_logged: int = 0
+    consumers_replaced: int = 0
     last_flush_delay_s: float = 0.0
     by_status: dict[int, int] = field(default_factory=dict)
 
@@ -90,6 +91,7 @@ class DeliveryLoop(RebalanceHandler):
         before_batch: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
         metrics: LoopMetrics | None = None,
+        rejoin_timeout_s: float = 60.0,
     ) -> None:
         self.metrics = metrics  # optional hook: told after each scored batch and each flush
         self.score, self.sink, self.writer, self.target = score, sink, writer, target
@@ -98,6 +100,9 @@ class DeliveryLoop(RebalanceHandler):
         self.positions: dict[Partition, int] = {}  # next offset to commit once the buffer is in Delta
         self.stats = LoopStats()
         self.on_assigned: Callable[[], None] = lambda: None  # readiness hook for supervisors and tests
+        self.rejoin_timeout_s = rejoin_timeout_s
+        self._make_source = make_source
+        self._revoked_at: float | None = None  # set by a revoke, cleared by the next assignment
         # Guards the buffer and the offsets: kafka-python runs the revoke callback (a flush) on its
         # IO thread, possibly while this loop is between steps or flushing itself.
         self._lock = threading.Lock()
@@ -109,6 +114,7 @@ class DeliveryLoop(RebalanceHandler):
             version = self.writer.transaction_version(self._app_id(p))
             self.logged[p] = -1 if version is None else version
         log.info("assigned %s; already logged up to %s", partitions, {p: self.logged[p] for p in partitions})
+        self._revoked_at = None
         if partitions:
             self.on_assigned()
 
@@ -118,6 +124,7 @@ class DeliveryLoop(RebalanceHandler):
         self.flush(wait=False)
         for p in partitions:
             self.logged.pop(p, None)
+        self._revoked_at = self.clock()
         log.info("revoked %s", partitions)
 
     # -- the loop --------------------------------------------------------------------------
@@ -133,6 +140,7 @@ class DeliveryLoop(RebalanceHandler):
     def run_once(self) -> int:
         """One micro-batch through steps 1-5; returns the number of requests scored."""
         self.before_batch()
+        self._replace_stalled_consumer()
         polled = self.source.poll()  # 1
         with self._lock:
             fresh = self._fresh(polled)
@@ -173,6 +181,23 @@ class DeliveryLoop(RebalanceHandler):
             self.metrics.table_flushed("kafka", rows.num_rows, self.stats.last_flush_delay_s)
 
     # -- helpers ---------------------------------------------------------------------------
+    def _replace_stalled_consumer(self) -> None:
+        """A rebalance that never ends (revoked, never assigned again within ``rejoin_timeout_s``)
+        gets a fresh consumer: kafka-python 3 has been seen to stall after the leader's SyncGroup
+        and be expelled from the group, idling forever. Nothing is buffered after a revoke."""
+        if self._revoked_at is None or self.clock() - self._revoked_at < self.rejoin_timeout_s:
+            return
+        log.warning(
+            "no partitions assigned %.0f s after a revoke; replacing the consumer of group %s",
+            self.clock() - self._revoked_at,
+            self.group_id,
+        )
+        self.flush()
+        self.source.close()
+        self._revoked_at = self.clock()  # the new consumer gets the same time to join
+        self.source = self._make_source(self)
+        self.stats.consumers_replaced += 1
+
     def _fresh(self, requests: list[ScoringRequest]) -> list[ScoringRequest]:
         fresh = []
         seen: set[tuple[Partition, int]] = set()

@@ -18,6 +18,12 @@ class KafkaSettings(BaseModel):
     group_id: str = "lakeserve"
     partitions: int = Field(default=4, ge=1, description="partitions of topics lakeserve creates")
     session_timeout_ms: int = Field(default=10_000, ge=1000)
+    rejoin_timeout_ms: int = Field(
+        default=60_000,
+        ge=1000,
+        description="a worker whose partitions were revoked and not assigned again within this time replaces "
+        "its consumer (kafka-python 3 can stall in a rebalance and be expelled from the group)",
+    )
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = None
     sasl_username: str | None = None

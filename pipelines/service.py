@@ -107,6 +107,7 @@ def build_worker(
         settings.kafka.group_id,
         before_batch=before_batch,
         metrics=metrics,
+        rejoin_timeout_s=settings.kafka.rejoin_timeout_ms / 1000,
     )
     return Worker(loop, core, updater)
 

@@ -120,3 +120,38 @@ def test_two_flushes_at_once_log_each_row_once() -> None:
     second.join(10)
     assert not overlapped
     assert sorted(writer.rows()["kafka_offset"].to_pylist()) == [0, 1, 2]
+
+
+def test_a_rebalance_that_never_ends_gets_a_fresh_consumer() -> None:
+    """Revoked and not assigned again within rejoin_timeout_s: the consumer is replaced."""
+    writer = InMemoryInferenceWriter()
+    schema = writer.ensure(inference_schema({}, {"prediction": pa.float64()}))
+    now = [0.0]
+    sources: list[ListSource] = []
+
+    def make_source(handler: RebalanceHandler) -> ListSource:
+        sources.append(ListSource(handler, [[request(len(sources))]]))
+        return sources[-1]
+
+    loop = DeliveryLoop(
+        make_source,
+        score,
+        NullSink(),
+        writer,
+        TableTarget(schema, "ep", 1.0, 1 << 20),
+        RowBuffer(1, 0, lambda: now[0]),
+        "g",
+        clock=lambda: now[0],
+        rejoin_timeout_s=60,
+    )
+    assert loop.run_once() == 1
+    loop.revoked([(TOPIC, 0)])  # a rebalance starts ...
+    now[0] = 59.0
+    loop.run_once()
+    assert len(sources) == 1  # ... and may take its time
+    now[0] = 61.0
+    loop.run_once()  # ... but not forever
+    assert len(sources) == 2
+    assert loop.stats.consumers_replaced == 1
+    loop.flush()
+    assert sorted(writer.rows()["kafka_offset"].to_pylist()) == [0, 1]  # the fresh consumer's record too
