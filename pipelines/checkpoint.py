@@ -72,6 +72,7 @@ class LoopStats:
     rows_logged: int = 0
     rows_dropped_as_logged: int = 0
     consumers_replaced: int = 0
+    revocations: int = 0  # rebalances that took partitions from this worker
     last_flush_delay_s: float = 0.0
     by_status: dict[int, int] = field(default_factory=dict)
 
@@ -125,6 +126,7 @@ class DeliveryLoop(RebalanceHandler):
         for p in partitions:
             self.logged.pop(p, None)
         self._revoked_at = self.clock()
+        self.stats.revocations += bool(partitions)
         log.info("revoked %s", partitions)
 
     # -- the loop --------------------------------------------------------------------------

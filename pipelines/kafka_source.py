@@ -87,13 +87,17 @@ class KafkaRequestSource:
                 client_id=f"lakeserve-{kafka.group_id}",
                 metadata_max_age_ms=10_000,  # a missed assignment heals in seconds, not minutes
             )
-            # Fetch the topic's metadata before joining: kafka-python's group leader otherwise may
-            # compute the assignment without it and leave the group idle until the next refresh.
-            if not self.consumer.partitions_for_topic(kafka.requests_topic):
+            # Subscribe, then fetch metadata before the first poll joins the group: the coordinator
+            # takes its snapshot of the subscribed topic's partitions from this update. Without it
+            # the group leader assigns from an empty snapshot; either nothing (idle until the next
+            # refresh) or, once metadata arrives, the snapshot "changes" and forces a second
+            # rebalance right after the first, in which kafka-python 3 has been seen to stall.
+            self.consumer.subscribe([kafka.requests_topic], listener=_Listener(handler))
+            if kafka.requests_topic not in self.consumer.topics():
+                self.consumer.close()
                 raise ComponentError(
                     "kafka", f"topic {kafka.requests_topic!r} does not exist (lakeserve up creates it)"
                 )
-            self.consumer.subscribe([kafka.requests_topic], listener=_Listener(handler))
         except KafkaError as exc:
             raise ComponentError("kafka", f"cannot join group {kafka.group_id!r}: {exc}") from exc
 

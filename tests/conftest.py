@@ -112,7 +112,14 @@ def stack(config_file: Path, settings: Settings) -> Iterator[Settings]:
         raise
     yield settings
     proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=120) == 0, "lakeserve up did not stop cleanly on Ctrl-C"
+    try:
+        code = proc.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        code = None
+        proc.kill()
+        down = [sys.executable, "-m", "lakeserve.pipelines.cli", "--config", str(config_file), "down"]
+        subprocess.run(down, capture_output=True, timeout=120)  # nothing of the stack outlives the session
+    assert code == 0, "lakeserve up did not stop cleanly on Ctrl-C"
     wait_for_line(lines, "stopped kafka", timeout_s=5)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pandas as pd
-from conftest_helpers import answers_for, produce, running, table_rows
+from conftest_helpers import answers_for, produce, running, settings_for, table_rows
 
 from lakeserve.features import demo_repo
 from lakeserve.jobs.demo_data import request_bodies
@@ -66,3 +66,16 @@ def test_routing_is_sticky_per_customer(service_settings: Settings, demo_assets)
     per_customer = rows.groupby("customer_id")["served_entity"].nunique()
     assert (per_customer == 1).all()
     assert set(rows["served_entity"]) == {"champion", "challenger"}
+
+
+def test_a_new_worker_joins_with_one_rebalance(stack: Settings, demo_assets) -> None:
+    """A worker alone in its group is assigned once and keeps its partitions: kafka-python's
+    leader would otherwise see its metadata snapshot "change" right after the first assignment
+    and rebalance again (a rebalance in which it has been seen to stall)."""
+    settings = settings_for(stack, "one-rebalance")
+    customers = pd.read_parquet(demo_assets.data_dir / "customers.parquet")
+    with running(settings) as worker:
+        produce(settings, request_bodies(customers, 20, seed=71))
+        answers = answers_for(settings, 20)
+        assert worker.loop.stats.revocations == 0
+    assert {a.headers["status"] for a in answers.values()} == {"200"}
