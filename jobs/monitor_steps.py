@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from lakeserve.errors import ConfigError
 from lakeserve.monitoring import drift as dr
+from lakeserve.monitoring import drift_cells as dc
 from lakeserve.monitoring import drift_pairs as dp
 from lakeserve.monitoring import metrics_tables as mt
 from lakeserve.monitoring import profile as pf
@@ -132,29 +133,57 @@ def _quality(run: RunContext, labeled: DataFrame) -> dict[tuple[Any, ...], ql.Me
 
 def drift_rows(run: RunContext, expanded: DataFrame, plan: dp.WindowPlan) -> list[dict[str, Any]]:
     """Drift rows (still keyed by ``__ls_ws``) of every pair of the plan's target windows."""
-    from pyspark.sql import functions as sf
 
     rows: list[dict[str, Any]] = []
     baseline = _baseline(run)
     if run.columns.numeric:
-        long = pf.long_values(expanded, run.columns.numeric, KEYS, "numeric").where(
-            sf.col("value").isNotNull()
-        )
-        counts = long.groupBy(*KEYS, "column_name", "value").count()
-        base = None
-        if baseline is not None:
-            b = pf.long_values(baseline, run.columns.numeric, _base_keys(baseline), "numeric")
-            base = (
-                b.where(sf.col("value").isNotNull())
-                .groupBy(*_base_keys(baseline), "column_name", "value")
-                .count()
-            )
+        counts, base, errors = _numeric_counts(run, expanded, baseline)
         stats, binned = dp.numeric_pairs(run.spark, counts, plan, base, run.cfg.psi_bins)
-        rows += dp.numeric_rows(stats, binned, run.cfg)
+        rows += dp.numeric_rows(stats, binned, run.cfg, plan, errors)
     if run.columns.categorical:
         rows += _categorical(run, expanded, plan, baseline)
     log.info("monitor: %d drift rows, %d flagged", len(rows), sum(r["drift_detected"] for r in rows))
     return rows
+
+
+def _numeric_counts(
+    run: RunContext, expanded: DataFrame, baseline: DataFrame | None
+) -> tuple[DataFrame, DataFrame | None, dp.SideErrors]:
+    """Per-value counts of the windows and the baseline; or, when one of them has more than
+    ``drift_exact_max_rows`` rows, cell atoms of all of them on one grid per column
+    (:mod:`~lakeserve.monitoring.drift_cells`) and what the atoms lose."""
+    from pyspark.sql import functions as sf
+
+    cols, limit = run.columns.numeric, run.cfg.drift_exact_max_rows
+    whole = expanded.where(sf.col("slice_key").isNull())
+    sizes = [int(r["count"]) for r in whole.groupBy("granularity", dp.WS, "model_id").count().collect()]
+    base_whole = baseline.where(sf.col("slice_key").isNull()) if baseline is not None else None
+    base_rows = base_whole.count() if base_whole is not None else 0
+    if max([*sizes, base_rows]) <= limit:
+        base = _value_counts(baseline, cols, _base_keys(baseline)) if baseline is not None else None
+        return _value_counts(expanded, cols, KEYS), base, dp.SideErrors()
+
+    log.info("monitor: binned numeric drift on %d cells per column (over %d rows)", run.cfg.drift_cells, limit)
+    sample = whole.select(*cols)
+    if base_whole is not None:
+        sample = sample.unionByName(base_whole.select(*cols))
+    edges = dc.grid(sample, cols, run.cfg.drift_cells, sum(sizes) + base_rows)
+    counts, errs = dc.cell_atoms(expanded, cols, KEYS, edges)
+    windows = dc.collect_errors(errs, KEYS)
+    if baseline is None:
+        return counts, None, dp.SideErrors(windows)
+    bkeys = _base_keys(baseline)
+    base, b_errs = dc.cell_atoms(baseline, cols, bkeys, edges)
+    base_errors = {k if "model_id" in bkeys else (None, *k): e for k, e in dc.collect_errors(b_errs, bkeys).items()}
+    return counts, base, dp.SideErrors(windows, base_errors)
+
+
+def _value_counts(df: DataFrame, columns: Sequence[str], keys: Sequence[str]) -> DataFrame:
+    """(keys, column_name, value, count) of the non-null values of the numeric ``columns``."""
+    from pyspark.sql import functions as sf
+
+    long = pf.long_values(df, columns, keys, "numeric").where(sf.col("value").isNotNull())
+    return long.groupBy(*keys, "column_name", "value").count()
 
 
 def _categorical(

@@ -60,6 +60,12 @@ class MonitorSettings(BaseModel):
     js_threshold: float = Field(default=0.1, gt=0, le=1)
     min_rows: int = Field(default=500, ge=1, description="pairs with fewer rows on a side are never flagged")
     psi_bins: int = Field(default=10, ge=2, le=100)
+    drift_exact_max_rows: int = Field(
+        default=200_000,
+        ge=1,
+        description="windows (and a baseline) with more rows get binned KS/Wasserstein/PSI, with error bounds",
+    )
+    drift_cells: int = Field(default=2_000, ge=10, le=100_000, description="cells per numeric column when binned")
     max_categories: int = Field(default=100, ge=2, description="rarer categories count as '__other__'")
     quantile_accuracy: int = Field(default=10_000, ge=100, description="percentile_approx accuracy")
     distinct_rsd: float = Field(default=0.02, gt=0, lt=0.4, description="approx_count_distinct error")

@@ -22,13 +22,13 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import ArrayLike
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame, Row
+    from pyspark.sql import Column, DataFrame, Row
 
 PSI_FLOOR = 1e-4
 KS_EXACT_MAX_N = 10_000  # scipy's MAX_AUTO_N
@@ -130,49 +130,89 @@ def numeric_drift(
     return NumericDrift(d, ks_pvalue(d, n_cur, n_ref), w, normed, psi(*bins))
 
 
-def numeric_pair_stats(pairs: DataFrame, keys: Sequence[str], bins: int) -> tuple[list[Row], list[Row]]:
-    """Exact KS and Wasserstein per pair, and PSI bin counts, from (keys, value, cur_cnt, ref_cnt).
+def numeric_pair_stats(pairs: DataFrame, keys: Sequence[str], bins: int) -> tuple[list[dict[str, Any]], list[Row]]:
+    """KS and Wasserstein per pair, and PSI bin counts, from (keys, value, cur_cnt, ref_cnt).
 
-    Returns the collected ``(stats, binned)``: ``stats`` has one row per pair (``ks``,
-    ``wasserstein``, ``n_cur``, ``n_ref``, ``ref_mean``, ``ref_std``); ``binned`` one row per
-    pair and bin (``bin``, ``c``, ``r``).
+    Exact when each row is a distinct value. With ``cell``, ``lo`` and ``hi`` columns (binned
+    sides, :mod:`~lakeserve.monitoring.drift_cells`) KS and the PSI bins are taken at the cell
+    ends and ``ks_bound`` bounds the KS error; Wasserstein is always taken over ``value``.
+
+    Returns the collected ``(stats, binned)``: ``stats`` has one dict per pair (the keys,
+    ``ks``, ``ks_bound``, ``wasserstein``, ``n_cur``, ``n_ref``, ``ref_mean``, ``ref_std``);
+    ``binned`` one row per pair and bin (``bin``, ``c``, ``r``).
     """
-    from pyspark.sql import Window
     from pyspark.sql import functions as sf
 
     merged = pairs.groupBy(*keys, "value").agg(sf.sum("cur_cnt").alias("c"), sf.sum("ref_cnt").alias("r"))
-    part = Window.partitionBy(*keys)
-    run = part.orderBy("value").rowsBetween(Window.unboundedPreceding, Window.currentRow)
-    w = (
-        merged.withColumn("n_cur", sf.sum("c").over(part))
-        .withColumn("n_ref", sf.sum("r").over(part))
-        .withColumn("cc", sf.sum("c").over(run))
-        .withColumn("cr", sf.sum("r").over(run))
-        .withColumn("next", sf.lead("value").over(part.orderBy("value")))
-        .where((sf.col("n_cur") > 0) & (sf.col("n_ref") > 0))
-        .cache()
-    )
-    diff = sf.abs(sf.col("cc") / sf.col("n_cur") - sf.col("cr") / sf.col("n_ref"))
+    w = _running(merged, keys, "value").cache()
     ref_mean = sf.sum(sf.col("r") * sf.col("value")) / sf.first("n_ref")
     ref_sq = sf.sum(sf.col("r") * sf.col("value") * sf.col("value")) / sf.first("n_ref")
     stats = w.groupBy(*keys).agg(
-        sf.max(diff).alias("ks"),
-        sf.sum(diff * sf.coalesce(sf.col("next") - sf.col("value"), sf.lit(0.0))).alias("wasserstein"),
+        sf.max(_cdf_gap()).alias("ks"),
+        sf.sum(_cdf_gap() * sf.coalesce(sf.col("next") - sf.col("value"), sf.lit(0.0))).alias("wasserstein"),
         sf.first("n_cur").alias("n_cur"),
         sf.first("n_ref").alias("n_ref"),
         ref_mean.alias("ref_mean"),
         sf.sqrt(sf.greatest(ref_sq - ref_mean * ref_mean, sf.lit(0.0))).alias("ref_std"),
     )
+    at = w
+    cell_stats: dict[tuple[Any, ...], Row] = {}
+    if "cell" in pairs.columns:
+        cells = pairs.groupBy(*keys, "cell").agg(
+            sf.sum("cur_cnt").alias("c"),
+            sf.sum("ref_cnt").alias("r"),
+            sf.min("lo").alias("lo"),
+            sf.max("hi").alias("hi"),
+        )
+        at = _running(cells, keys, "cell")
+        share = sf.greatest(sf.col("c") / sf.col("n_cur"), sf.col("r") / sf.col("n_ref"))
+        ks = at.groupBy(*keys).agg(
+            sf.max(_cdf_gap()).alias("ks"),
+            sf.max(sf.when(sf.col("hi") > sf.col("lo"), share).otherwise(0.0)).alias("ks_bound"),
+        )
+        cell_stats = {tuple(r[k] for k in keys): r for r in ks.collect()}
     bin_col = sf.least(sf.lit(bins - 1), sf.floor(bins * (sf.col("cr") - sf.col("r")) / sf.col("n_ref")))
     binned = (
-        w.withColumn("bin", bin_col.cast("int"))
+        at.withColumn("bin", bin_col.cast("int"))
         .groupBy(*keys, "bin")
         .agg(sf.sum("c").alias("c"), sf.sum("r").alias("r"))
     )
     try:
-        return stats.collect(), binned.collect()
+        out = []
+        for r in stats.collect():
+            row = r.asDict() | {"ks_bound": 0.0}
+            cell = cell_stats.get(tuple(r[k] for k in keys))
+            if cell is not None:
+                row |= {"ks": cell.ks, "ks_bound": cell.ks_bound}
+            out.append(row)
+        return out, binned.collect()
     finally:
         w.unpersist()
+
+
+def _running(df: DataFrame, keys: Sequence[str], order: str) -> DataFrame:
+    """``df`` (keys, ``order``, c, r) with both sides' totals and running sums in ``order``, and the
+    next ``value``; pairs with an empty side are dropped."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as sf
+
+    part = Window.partitionBy(*keys)
+    run = part.orderBy(order).rowsBetween(Window.unboundedPreceding, Window.currentRow)
+    out = (
+        df.withColumn("n_cur", sf.sum("c").over(part))
+        .withColumn("n_ref", sf.sum("r").over(part))
+        .withColumn("cc", sf.sum("c").over(run))
+        .withColumn("cr", sf.sum("r").over(run))
+    )
+    if order == "value":
+        out = out.withColumn("next", sf.lead("value").over(part.orderBy("value")))
+    return out.where((sf.col("n_cur") > 0) & (sf.col("n_ref") > 0))
+
+
+def _cdf_gap() -> Column:
+    from pyspark.sql import functions as sf
+
+    return sf.abs(sf.col("cc") / sf.col("n_cur") - sf.col("cr") / sf.col("n_ref"))
 
 
 def top_categories(long: DataFrame, limit: int) -> DataFrame:

@@ -8,13 +8,15 @@ categorical pairs from collected per-value counts.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from lakeserve.monitoring.drift import categorical_drift, numeric_drift, numeric_pair_stats
+from lakeserve.monitoring.drift_cells import EXACT, SideError
 from lakeserve.monitoring.metrics_tables import WindowKey
 from lakeserve.monitoring.windows import Granularity, shift_start
 
@@ -27,6 +29,7 @@ WS = "__ls_ws"  # window start in epoch seconds
 SLICE = ["slice_key", "slice_value"]
 CUR_KEYS = ["granularity", WS, "model_id", *SLICE, "column_name"]
 PAIR_KEYS = ["drift_type", *CUR_KEYS]
+CELL_COLUMNS = ("cell", "lo", "hi")  # binned sides only (drift_cells.cell_atoms)
 SliceCounts = dict[tuple[Any, ...], dict[str, int]]
 
 
@@ -59,20 +62,43 @@ def plan_windows(
     return WindowPlan(frozenset(changed_set), frozenset(targets), previous)
 
 
+@dataclass(frozen=True, slots=True)
+class SideErrors:
+    """Errors of the binned sides (:mod:`~lakeserve.monitoring.drift_cells`); a side not here is exact.
+
+    ``windows`` is keyed by ``CUR_KEYS``, ``baseline`` by (model_id or None, slice_key,
+    slice_value, column_name)."""
+
+    windows: Mapping[tuple[Any, ...], SideError] = field(default_factory=dict)
+    baseline: Mapping[tuple[Any, ...], SideError] = field(default_factory=dict)
+
+    def of_pair(self, key: tuple[Any, ...], plan: WindowPlan) -> tuple[SideError, SideError]:
+        """(current side, reference side) of a pair keyed by ``PAIR_KEYS``."""
+        drift_type, *cur = key
+        current = self.windows.get(tuple(cur), EXACT)
+        if drift_type == "consecutive":
+            prev = plan.previous[(cur[0], cur[1], cur[2])]
+            return current, self.windows.get((*prev, *cur[3:]), EXACT)
+        rest = tuple(cur[3:])
+        return current, self.baseline.get((cur[2], *rest)) or self.baseline.get((None, *rest), EXACT)
+
+
 def keys_frame(spark: SparkSession, keys: Iterable[WindowKey]) -> DataFrame:
     return spark.createDataFrame(list(keys), f"granularity STRING, {WS} BIGINT, model_id STRING")
 
 
 def numeric_pairs(
     spark: SparkSession, counts: DataFrame, plan: WindowPlan, baseline: DataFrame | None, bins: int
-) -> tuple[list[Row], list[Row]]:
-    """``counts``: (CUR_KEYS, value, count) of the needed windows; ``baseline``: (slice, column,
-    value, count [, model_id]). Returns the collected stats and PSI bins of every pair."""
+) -> tuple[list[dict[str, Any]], list[Row]]:
+    """``counts``: (CUR_KEYS, value, count [, cell, lo, hi]) of the needed windows; ``baseline``:
+    (slice, column, value, count [, model_id] [, cell, lo, hi]). Returns the collected stats and
+    PSI bins of every pair."""
     from pyspark.sql import functions as sf
 
+    cells = [c for c in CELL_COLUMNS if c in counts.columns]
     targets = sf.broadcast(keys_frame(spark, plan.targets))
     cur = counts.join(targets, ["granularity", WS, "model_id"]).select(
-        *CUR_KEYS, "value", sf.col("count").alias("cur_cnt"), sf.lit(0).cast("bigint").alias("ref_cnt")
+        *CUR_KEYS, "value", *cells, sf.col("count").alias("cur_cnt"), sf.lit(0).cast("bigint").alias("ref_cnt")
     )
     prev = spark.createDataFrame(
         [(*p, t[1]) for t, p in plan.previous.items()],
@@ -81,45 +107,50 @@ def numeric_pairs(
     ref = counts.join(sf.broadcast(prev), ["granularity", WS, "model_id"]).withColumn(WS, sf.col("t"))
     parts = [
         cur.withColumn("drift_type", sf.lit("consecutive")),
-        _as_ref(ref, "consecutive"),
+        _as_ref(ref, "consecutive", cells),
     ]
     if baseline is not None:
         parts.append(cur.withColumn("drift_type", sf.lit("baseline")))
         on = ["model_id"] if "model_id" in baseline.columns else []
         joined = baseline.join(targets, on) if on else baseline.crossJoin(targets)
-        parts.append(_as_ref(joined, "baseline"))
+        parts.append(_as_ref(joined, "baseline", cells))
     pairs = parts[0]
     for p in parts[1:]:
         pairs = pairs.unionByName(p)
     return numeric_pair_stats(pairs, PAIR_KEYS, bins)
 
 
-def _as_ref(df: DataFrame, drift_type: str) -> DataFrame:
+def _as_ref(df: DataFrame, drift_type: str, cells: Sequence[str]) -> DataFrame:
     from pyspark.sql import functions as sf
 
     return df.select(
         *CUR_KEYS,
         "value",
+        *cells,
         sf.lit(0).cast("bigint").alias("cur_cnt"),
         sf.col("count").alias("ref_cnt"),
         sf.lit(drift_type).alias("drift_type"),
     )
 
 
-def numeric_rows(stats: list[Row], binned: list[Row], cfg: MonitorSettings) -> list[dict[str, Any]]:
-    """Collect one row per pair (and its PSI bins) and turn them into drift-table rows."""
+def numeric_rows(
+    stats: list[dict[str, Any]], binned: list[Row], cfg: MonitorSettings, plan: WindowPlan, errors: SideErrors
+) -> list[dict[str, Any]]:
+    """Turn the collected stats of each pair (and its PSI bins) into drift-table rows; binned pairs
+    carry their KS bound and the sum of both sides' Wasserstein bounds."""
     bins: dict[tuple[Any, ...], tuple[list[float], list[float]]] = defaultdict(lambda: ([], []))
-    for r in sorted(binned, key=lambda r: int(r.bin)):
-        c, rf = bins[tuple(r[k] for k in PAIR_KEYS)]
-        c.append(float(r.c))
-        rf.append(float(r.r))
+    for b in sorted(binned, key=lambda b: int(b.bin)):
+        c, rf = bins[tuple(b[k] for k in PAIR_KEYS)]
+        c.append(float(b.c))
+        rf.append(float(b.r))
     rows = []
     for r in stats:
         key = tuple(r[k] for k in PAIR_KEYS)
-        d = numeric_drift(
-            float(r.ks), float(r.wasserstein), int(r.n_cur), int(r.n_ref), float(r.ref_std), bins[key]
-        )
-        enough = min(int(r.n_cur), int(r.n_ref)) >= cfg.min_rows
+        cur_err, ref_err = errors.of_pair(key, plan)
+        ref_std = math.sqrt(float(r["ref_std"]) ** 2 + ref_err.within_variance)
+        n_cur, n_ref = int(r["n_cur"]), int(r["n_ref"])
+        d = numeric_drift(float(r["ks"]), float(r["wasserstein"]), n_cur, n_ref, ref_std, bins[key])
+        enough = min(n_cur, n_ref) >= cfg.min_rows
         detected = enough and d.ks_pvalue < cfg.drift_p_value and (
             d.population_stability_index >= cfg.psi_threshold
             or d.wasserstein_normed >= cfg.wasserstein_threshold
@@ -128,13 +159,16 @@ def numeric_rows(stats: list[Row], binned: list[Row], cfg: MonitorSettings) -> l
             {
                 **dict(zip(PAIR_KEYS, key, strict=True)),
                 "column_type": "numeric",
-                "count": int(r.n_cur),
-                "reference_count": int(r.n_ref),
+                "count": n_cur,
+                "reference_count": n_ref,
                 "ks_statistic": d.ks_statistic,
                 "ks_pvalue": d.ks_pvalue,
                 "wasserstein_distance": d.wasserstein_distance,
                 "wasserstein_normed": d.wasserstein_normed,
                 "population_stability_index": d.population_stability_index,
+                "statistics_method": "binned" if cur_err.binned or ref_err.binned else "exact",
+                "ks_error_bound": float(r["ks_bound"]),
+                "wasserstein_error_bound": cur_err.wasserstein + ref_err.wasserstein,
                 "drift_detected": detected,
             }
         )
@@ -191,5 +225,6 @@ def _categorical_row(
         "l_infinity_distance": d.l_infinity_distance,
         "js_distance": d.js_distance,
         "population_stability_index": d.population_stability_index,
+        "statistics_method": "exact",
         "drift_detected": detected,
     }

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from lakeserve.errors import ComponentError
 
 if TYPE_CHECKING:
+    from delta.tables import DeltaTable
     from pyspark.sql import DataFrame, SparkSession
     from pyspark.sql.types import StructType
 
@@ -43,7 +44,8 @@ column_type STRING NOT NULL, drift_type STRING NOT NULL, reference_window_start 
 count BIGINT, reference_count BIGINT, ks_statistic DOUBLE, ks_pvalue DOUBLE,
 wasserstein_distance DOUBLE, wasserstein_normed DOUBLE, chi_squared_statistic DOUBLE,
 chi_squared_pvalue DOUBLE, tv_distance DOUBLE, l_infinity_distance DOUBLE, js_distance DOUBLE,
-population_stability_index DOUBLE, drift_detected BOOLEAN, evidently_report STRING,
+population_stability_index DOUBLE, statistics_method STRING, ks_error_bound DOUBLE,
+wasserstein_error_bound DOUBLE, drift_detected BOOLEAN, evidently_report STRING,
 evidently_drift_detected BOOLEAN, evidently_method STRING, evidently_score DOUBLE
 """
 
@@ -70,14 +72,22 @@ def merge_rows(spark: SparkSession, rows: DataFrame, uri: str, keys: list[str], 
 
     try:
         DeltaTable.createIfNotExists(spark).location(uri).addColumns(schema(ddl)).execute()
-        target = DeltaTable.forPath(spark, uri)
+        _add_missing_columns(spark, DeltaTable.forPath(spark, uri), uri, ddl)
+        target = DeltaTable.forPath(spark, uri)  # after any schema change: an older handle refuses MERGE
         cond = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
         source = rows.select(*schema(ddl).fieldNames())
-        target.alias("t").merge(
-            source.alias("s"), cond
-        ).whenMatchedUpdateAll().whenNotMatchedInsertAll().execute()
+        target.alias("t").merge(source.alias("s"), cond).whenMatchedUpdateAll().whenNotMatchedInsertAll().execute()
     except Exception as exc:  # py4j / analysis errors arrive untyped
         raise ComponentError("delta", f"MERGE into {uri} failed: {exc}") from exc
+
+
+def _add_missing_columns(spark: SparkSession, target: DeltaTable, uri: str, ddl: str) -> None:
+    """Tables written by an older lakeserve lack the columns added since: add them (nullable)."""
+    have = set(target.toDF().columns)
+    missing = [f for f in schema(ddl).fields if f.name not in have]
+    if missing:
+        cols = ", ".join(f"`{f.name}` {f.dataType.simpleString()}" for f in missing)
+        spark.sql(f"ALTER TABLE delta.`{uri}` ADD COLUMNS ({cols})")
 
 
 WindowKey = tuple[str, int, str]

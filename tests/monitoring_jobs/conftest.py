@@ -68,3 +68,13 @@ def undrifted(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> 
     cfg = MonitorSettings(granularities=["1 hour"], evidently=False)
     tables = MonitorTables.beside(str(root / "payload"), cfg)
     return Monitored(tables, cfg, run_monitor(spark, cfg, tables), data)
+
+
+@pytest.fixture(scope="session")
+def binned(spark: SparkSession, drifted: Monitored) -> Monitored:
+    """The drifted table again with every window and the baseline over ``drift_exact_max_rows``:
+    binned statistics on a coarse grid (100 cells), so that their error bounds are visible."""
+    update = {"drift_exact_max_rows": 100, "drift_cells": 100, "evidently": False, "output_prefix": "binned"}
+    cfg = MonitorSettings.model_validate(drifted.cfg.model_dump() | update)
+    tables = MonitorTables.beside(drifted.tables.inference, cfg)
+    return Monitored(tables, cfg, run_monitor(spark, cfg, tables), drifted.data)

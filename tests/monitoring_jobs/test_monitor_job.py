@@ -98,6 +98,56 @@ def test_numeric_drift_statistics_equal_scipy(drifted: Monitored, column: str) -
         c = np.bincount(psi_bins(sorted_ref, cur.to_numpy(), bins), minlength=bins)
         r = np.bincount(psi_bins(sorted_ref, sorted_ref, bins), minlength=bins)
         assert row["population_stability_index"] == pytest.approx(psi(c, r), abs=1e-9)
+        assert (row["statistics_method"], row["ks_error_bound"], row["wasserstein_error_bound"]) == ("exact", 0, 0)
+
+
+def _numeric_pairs(m: Monitored, column: str) -> list[tuple[str, int, pd.Series, pd.Series]]:
+    """(drift type, window, current values, reference values) of every champion pair of ``column``."""
+    from deltalake import DeltaTable
+
+    df = _frame(m)
+    champ = df[df.served_entity == "champion"]
+    assert m.cfg.baseline_table is not None
+    base = DeltaTable(m.cfg.baseline_table).to_pandas()
+    base = base[(base.status_code == 200) & (base.served_entity == "champion")][column].dropna()
+    out = []
+    for w in range(WINDOWS):
+        cur = champ[champ.w == w][column].dropna()
+        out.append(("baseline", w, cur, base))
+        if w > 0:
+            out.append(("consecutive", w, cur, champ[champ.w == w - 1][column].dropna()))
+    return out
+
+
+@pytest.mark.parametrize("column", ["num_0", "num_1", "n_items", "probability"])
+def test_binned_statistics_are_within_their_bounds_of_scipy(binned: Monitored, column: str) -> None:
+    """Above ``drift_exact_max_rows`` KS and Wasserstein come from cell atoms; the stored bounds hold
+    against scipy on the raw values, and the reference std (normed Wasserstein) stays exact."""
+    for drift_type, w, cur, ref in _numeric_pairs(binned, column):
+        (row,) = _rows(
+            binned.tables.drift,
+            model_id="champion",
+            slice_key=None,
+            column_name=column,
+            drift_type=drift_type,
+            window_start=_window(w),
+        )
+        assert row["statistics_method"] == "binned"
+        assert (row["count"], row["reference_count"]) == (len(cur), len(ref))
+        d, wd = stats.ks_2samp(cur, ref).statistic, stats.wasserstein_distance(cur, ref)
+        ks_bound, w_bound = row["ks_error_bound"], row["wasserstein_error_bound"]
+        assert d - ks_bound - 1e-12 <= row["ks_statistic"] <= d + 1e-12  # binned KS never overstates
+        assert abs(row["wasserstein_distance"] - wd) <= w_bound + 1e-12
+        assert row["wasserstein_normed"] * np.std(ref) == pytest.approx(row["wasserstein_distance"], rel=1e-7)
+        assert ks_bound < 0.03  # about 2 cells of 100: useful, not vacuous
+        assert w_bound < 0.06 * np.std(ref)
+        if column != "n_items":  # continuous: every cell holds distinct values, so the bound is not 0
+            assert ks_bound > 0
+            assert w_bound > 0
+
+
+def test_binned_run_flags_what_the_exact_run_flags(binned: Monitored, drifted: Monitored) -> None:
+    assert binned.summary.flags == drifted.summary.flags
 
 
 def test_categorical_drift_statistics_equal_scipy(drifted: Monitored) -> None:
@@ -200,6 +250,19 @@ def test_evidently_reports_are_saved_and_referenced(drifted: Monitored) -> None:
     assert len(disagree) == len(drifted.summary.disagreements)
     drifted_cols = {r["column_name"] for r in rows if r["evidently_drift_detected"]}
     assert set(DRIFT_COLUMNS) <= drifted_cols
+
+
+def test_a_metrics_table_from_an_older_version_gains_the_new_columns(spark: SparkSession, tmp_path: Path) -> None:
+    from deltalake import DeltaTable
+
+    from lakeserve.monitoring.metrics_tables import merge_rows, schema
+
+    uri = str(tmp_path / "metrics")
+    old, new = "k STRING NOT NULL, a DOUBLE", "k STRING NOT NULL, a DOUBLE, b STRING"
+    merge_rows(spark, spark.createDataFrame([("x", 1.0)], schema(old)), uri, ["k"], old)
+    merge_rows(spark, spark.createDataFrame([("y", 2.0, "new")], schema(new)), uri, ["k"], new)
+    rows = sorted(DeltaTable(uri).to_pandas().to_dict("records"), key=lambda r: r["k"])
+    assert [(r["k"], r["a"], r["b"]) for r in rows] == [("x", 1.0, None), ("y", 2.0, "new")]
 
 
 def test_second_run_changes_nothing(spark: SparkSession, drifted: Monitored) -> None:
