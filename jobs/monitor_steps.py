@@ -164,9 +164,10 @@ def _numeric_counts(
         return _value_counts(expanded, cols, KEYS), base, dp.SideErrors()
 
     log.info("monitor: binned numeric drift on %d cells per column (over %d rows)", run.cfg.drift_cells, limit)
-    sample = whole.select(*cols)
+    quoted = [sf.col(f"`{c}`") for c in cols]
+    sample = whole.select(*quoted)
     if base_whole is not None:
-        sample = sample.unionByName(base_whole.select(*cols))
+        sample = sample.unionByName(base_whole.select(*quoted))
     edges = dc.grid(sample, cols, run.cfg.drift_cells, sum(sizes) + base_rows)
     counts, errs = dc.cell_atoms(expanded, cols, KEYS, edges)
     windows = dc.collect_errors(errs, KEYS)
