@@ -68,7 +68,7 @@ def grid(df: DataFrame, columns: Sequence[str], cells: int, rows: int) -> dict[s
     edges: dict[str, list[float]] = {}
     for c in columns:
         inner = sorted({float(q) for q in (row[c] if row is not None and row[c] else []) if q == q})
-        edges[c] = [-float("inf"), *inner, float("inf")]
+        edges[c] = [-float("inf"), *(inner or [0.0]), float("inf")]  # Bucketizer wants 3 edges or more
     return edges
 
 
