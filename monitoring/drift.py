@@ -6,6 +6,8 @@ Numeric columns (current sample against a reference sample):
   are computed **exactly** in Spark from per-value counts (a sort of the distinct values of
   both samples per pair, running sums over a window), as ``scipy.stats.ks_2samp`` and
   ``scipy.stats.wasserstein_distance`` define them. Only one row per pair is collected.
+  Large runs first reduce each side to cell atoms (:mod:`~lakeserve.monitoring.drift_cells`);
+  the same code then gives binned statistics with stored error bounds.
 * The KS p-value follows ``ks_2samp(method="auto")``: exact when both samples have at most
   10,000 values, Smirnov's asymptotic distribution above.
 * PSI on ``bins`` reference-quantile bins: a value ``x`` falls into bin
