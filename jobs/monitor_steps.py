@@ -133,7 +133,6 @@ def _quality(run: RunContext, labeled: DataFrame) -> dict[tuple[Any, ...], ql.Me
 
 def drift_rows(run: RunContext, expanded: DataFrame, plan: dp.WindowPlan) -> list[dict[str, Any]]:
     """Drift rows (still keyed by ``__ls_ws``) of every pair of the plan's target windows."""
-
     rows: list[dict[str, Any]] = []
     baseline = _baseline(run)
     if run.columns.numeric:
