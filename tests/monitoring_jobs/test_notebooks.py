@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import nbformat
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 import yaml
 from deltalake import DeltaTable, write_deltalake
@@ -135,6 +137,30 @@ def test_inference_table_exploration(served: Served, tmp_path: Path) -> None:
     assert f"{len(errors):,} error rows of {len(rows):,}" in text
     assert {"BAD_REQUEST", "RESOURCE_DOES_NOT_EXIST"} <= set(errors.error_code)
     assert figures == 4  # volume, latency, error codes, inputs
+
+
+@pytest.mark.parametrize("spread", [pd.Timedelta(0), pd.Timedelta(days=3)], ids=["one-instant", "three-days"])
+def test_inference_table_exploration_at_any_time_span(served: Served, spread: pd.Timedelta, tmp_path: Path) -> None:
+    """The same rows, arrived all at once (a burst read by a worker that started late: the
+    volume plot once hung its kernel there) or over three days; every cell runs and plots."""
+    source = DeltaTable(served.settings.inference_table_uri).to_pyarrow_table()
+    start = pd.Timestamp(pc.min(source["timestamp"]).as_py())
+    arrived = [start + spread * (i / max(source.num_rows - 1, 1)) for i in range(source.num_rows)]
+    stamps = pa.array(arrived, source.schema.field("timestamp").type)
+    rows = source.set_column(source.schema.get_field_index("timestamp"), "timestamp", stamps)
+    days = pa.array([t.date() for t in arrived], pa.date32())
+    rows = rows.set_column(rows.schema.get_field_index("date"), "date", days)
+    prefix = f"nb_span_{int(spread.total_seconds())}"
+    data = yaml.safe_load(served.config.read_text())
+    data["endpoint"]["auto_capture_config"]["table_name_prefix"] = prefix
+    config = tmp_path / "lakeserve.yaml"
+    config.write_text(yaml.safe_dump(data))
+    settings = load_settings(config)
+    write_deltalake(settings.inference_table_uri, rows, partition_by=["date"], mode="overwrite")
+    frame = rows.to_pandas()
+    text, figures = _run("inference_table_exploration", Served(config, settings, frame, ""), tmp_path)
+    assert f"{len(frame):,} rows, {frame.request_id.nunique():,} requests" in text
+    assert figures == 4
 
 
 def test_drift_over_time(served: Served, tmp_path: Path) -> None:
