@@ -38,6 +38,10 @@ def member(options: dict[str, Any], name: str, events: Any, stop: Any) -> None:
         max_poll_records=50,
     )
     consumer.subscribe([TOPIC], listener=Report())
+    # As the product's source does: metadata before the first poll joins the group. Without it the
+    # leader may assign from an empty snapshot and force a second rebalance at once, in which
+    # kafka-python 3 has been seen to leave a member stalled (one of two fresh-clone runs here).
+    consumer.topics()
     while not stop.is_set():
         batch = consumer.poll(timeout_ms=200)
         for tp, records in batch.items():
