@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
+import pyarrow as pa
 
 from lakeserve.errors import ConfigError
 
@@ -43,6 +44,10 @@ class FeatureLookup(Protocol):
         """The join keys a request must carry for ``feature_service``; ConfigError if unknown."""
         ...
 
+    def key_types(self, feature_service: str) -> dict[str, pa.DataType | None]:
+        """The join keys with their Arrow types (None: any string or integer), for :func:`key_problem`."""
+        ...
+
     def get(self, feature_service: str, keys: pd.DataFrame) -> LookupResult:
         """Features for every row of ``keys`` (columns: the entity keys), in one store call."""
         ...
@@ -64,6 +69,46 @@ def normalize_key(value: Any) -> Hashable | None:
         if value.is_integer():
             return int(value)
     return value if isinstance(value, Hashable) else str(value)
+
+
+MAX_KEY_CHARS = 1024
+
+
+def key_problem(value: Hashable | None, type_: pa.DataType | None) -> str | None:
+    """Why a normalized key value cannot be looked up as a key of Arrow type ``type_``, or None.
+
+    A key of the wrong kind (``"abc"`` or ``1.5`` for an int64 key, a boolean, a list), out of the
+    type's range, non-finite or too long is the caller's mistake (a 400 for its record), never a
+    call to the store that fails as if the store were down."""
+    kind = type(value).__name__
+    if isinstance(value, bool) or not isinstance(value, int | str | bytes | float):
+        return f"expects {type_ or 'a string or an integer'}, got {kind} {_short(value)}"
+    if type_ is None:
+        return None if isinstance(value, int | str) and _short_enough(value) else f"got {kind} {_short(value)}"
+    if pa.types.is_integer(type_):
+        if not isinstance(value, int):
+            return f"expects an integer ({type_}), got {kind} {_short(value)}"
+        info = np.iinfo(type_.to_pandas_dtype())
+        if not info.min <= value <= info.max:
+            return f"{_short(value)} is out of range for {type_}"
+        return None
+    if pa.types.is_string(type_) or pa.types.is_large_string(type_):
+        if not isinstance(value, str):
+            return f"expects a string, got {kind} {_short(value)}"
+        return None if _short_enough(value) else f"is longer than {MAX_KEY_CHARS} characters"
+    if pa.types.is_floating(type_):
+        ok = isinstance(value, int | float) and math.isfinite(value)
+        return None if ok else f"expects a finite number, got {kind} {_short(value)}"
+    return None
+
+
+def _short_enough(value: int | str) -> bool:
+    return not isinstance(value, str) or len(value) <= MAX_KEY_CHARS
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def key_tuples(keys: pd.DataFrame) -> list[tuple[Hashable | None, ...]]:
@@ -89,6 +134,11 @@ class InMemoryFeatureLookup:
 
     def entity_keys(self, feature_service: str) -> list[str]:
         return list(self._table(feature_service).entity_keys)
+
+    def key_types(self, feature_service: str) -> dict[str, pa.DataType | None]:
+        table = self._table(feature_service)
+        schema = pa.Schema.from_pandas(table.frame[list(table.entity_keys)], preserve_index=False)
+        return {name: schema.field(name).type for name in table.entity_keys}
 
     def get(self, feature_service: str, keys: pd.DataFrame) -> LookupResult:
         table = self._table(feature_service)

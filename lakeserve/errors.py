@@ -27,6 +27,13 @@ class ComponentError(LakeserveError):
         self.component = component
 
 
+class CommitConflict(ComponentError):
+    """A Delta commit lost to a concurrent one (another writer appended or changed the schema first)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("delta", message)
+
+
 class ScoringError(LakeserveError):
     """A request or record that cannot be scored; becomes an error result, never a crash."""
 
@@ -78,3 +85,17 @@ class ScoringTimeout(ScoringError):
 
     status_code = 504
     error_code = "TIMEOUT"
+
+
+class ResponseTooLarge(ScoringError):
+    """The answer could not be delivered: it is over the responses topic's size limit."""
+
+    status_code = 500
+    error_code = "RESPONSE_TOO_LARGE"
+
+
+class ServiceUnavailable(ScoringError):
+    """A component the request needs (the online store, a model runtime) is down; retry later."""
+
+    status_code = 503
+    error_code = "TEMPORARILY_UNAVAILABLE"

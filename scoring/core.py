@@ -37,31 +37,62 @@ scored entirely by the old or entirely by the new table, never by a mix.
 from __future__ import annotations
 
 import json
+import logging
 import math
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
 
-from lakeserve.errors import ConfigError, InvalidInput, NotFound, ScoringError, ScoringTimeout
-from lakeserve.features.lookup import FeatureLookup, normalize_key
+from lakeserve.errors import (
+    BadRequest,
+    ComponentError,
+    ConfigError,
+    InvalidInput,
+    ModelError,
+    NotFound,
+    ScoringError,
+    ScoringTimeout,
+)
+from lakeserve.features.lookup import FeatureLookup, key_problem, normalize_key
 from lakeserve.scoring.models import PREDICTION, ServedModel, conform, predict_isolating
 from lakeserve.scoring.records import RecordResult, RequestResult, ScoringRequest, Timings
 from lakeserve.scoring.requests import ParsedRequest, parse
 from lakeserve.scoring.routing import Router, key_string
 from lakeserve.scoring.settings import EndpointSettings
 
-Clock = Callable[[], datetime]
+log = logging.getLogger(__name__)
+
+WallClock = Callable[[], datetime]  # timezone-aware UTC now
 
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+class Scorer(Protocol):
+    """What the transports call: the core, or anything that scores like it."""
+
+    def score(self, requests: Sequence[ScoringRequest]) -> list[RequestResult]:
+        """One result per request, in order; raises only ComponentError (a real part failed)."""
+        ...
+
+    def refuse(self, requests: Sequence[ScoringRequest], error: ScoringError) -> list[RequestResult]:
+        """Every request answered with ``error`` without scoring it (a component is down)."""
+        ...
+
+    def stalled(self) -> str | None:
+        """Why the scorer cannot go on (a model call that never returned), or None."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,11 +161,12 @@ class ScoringCore:
         endpoint: EndpointSettings,
         models: Mapping[str, ServedModel],
         lookup: FeatureLookup,
-        clock: Clock = utc_now,
+        clock: WallClock = utc_now,
     ) -> None:
         self._lookup = lookup
         self._clock = clock
         self._table = RoutingTable.build(endpoint, models, lookup)
+        self._calls: dict[int, _ModelCall] = {}  # by id() of the served model
 
     @property
     def table(self) -> RoutingTable:
@@ -153,6 +185,41 @@ class ScoringCore:
         return old
 
     def score(self, requests: Sequence[ScoringRequest]) -> list[RequestResult]:
+        """One result per request. Only a failing component raises (ComponentError); a bug met by
+        one request costs that request a 500 ``INTERNAL_ERROR``, the others are scored alone."""
+        try:
+            return self._score(requests)
+        except ComponentError:
+            raise
+        except Exception:
+            log.exception("scoring a batch of %d requests failed; scoring them one by one", len(requests))
+        results = []
+        for request in requests:
+            try:
+                results += self._score([request])
+            except ComponentError:
+                raise
+            except Exception:
+                log.exception("request %s cannot be scored", request.request_id)
+                results += self.refuse([request], ScoringError(f"internal error (request {request.request_id})"))
+        return results
+
+    def refuse(self, requests: Sequence[ScoringRequest], error: ScoringError) -> list[RequestResult]:
+        now = self._clock()
+        return [
+            _failed(r, None, [RecordResult(0, error.status_code, error.error_code, error.message)], error,
+                    Timings(total_ms=(now - r.received_at).total_seconds() * 1000))
+            for r in requests
+        ]  # fmt: skip
+
+    def stalled(self) -> str | None:
+        limit = self._table.endpoint.limits.timeout_s
+        for call in self._calls.values():
+            if call.running_for() > limit:
+                return f"a predict call of served entity {call.model.name!r} has run for more than {limit} s"
+        return None
+
+    def _score(self, requests: Sequence[ScoringRequest]) -> list[RequestResult]:
         table = self._table  # one snapshot for the whole batch
         times = _BatchTimes()
         parsed = [self._parse(r, times) for r in requests]
@@ -172,7 +239,11 @@ class ScoringCore:
 
     def _parse(self, request: ScoringRequest, times: _BatchTimes) -> ParsedRequest | ScoringError:
         start = time.perf_counter()
-        parsed = parse(request.body, self._table.endpoint.limits.max_request_bytes)
+        parsed: ParsedRequest | ScoringError
+        if request.defect is not None:
+            parsed = BadRequest(request.defect)
+        else:
+            parsed = parse(request.body, self._table.endpoint.limits.max_request_bytes)
         times.parse_ms.append((time.perf_counter() - start) * 1000)
         return parsed
 
@@ -210,23 +281,22 @@ class ScoringCore:
 
     def _lookup_service(self, service: str, group: list[_Item]) -> None:
         join_keys = self._lookup.entity_keys(service)
-        ready = []
+        types = self._lookup.key_types(service)
+        ready: list[tuple[_Item, tuple[Hashable | None, ...]]] = []
         for it in group:
-            absent = [k for k in join_keys if _null(it.fields.get(k))]
-            if absent:
-                it.fail(
-                    InvalidInput(f"record lacks entity key {absent} needed by feature service {service!r}")
-                )
+            key = tuple(normalize_key(it.fields.get(k)) for k in join_keys)
+            error = _key_error(service, join_keys, key, types)
+            if error is not None:
+                it.fail(error)
             else:
-                ready.append(it)
+                ready.append((it, key))
         if not ready:
             return
-        keys = [tuple(normalize_key(it.fields[k]) for k in join_keys) for it in ready]
-        distinct = list(dict.fromkeys(keys))
+        distinct = list(dict.fromkeys(key for _, key in ready))
         result = self._lookup.get(service, pd.DataFrame(distinct, columns=join_keys))
         feature_rows = _plain_rows(result.features)
         where = {k: i for i, k in enumerate(distinct)}
-        for it, key in zip(ready, keys, strict=True):
+        for it, key in ready:
             if result.found[where[key]]:
                 it.record.features = feature_rows[where[key]]
             else:
@@ -246,7 +316,13 @@ class ScoringCore:
         if not ok:
             return 0.0
         start = time.perf_counter()
-        out, failures = predict_isolating(model, conformed.frame)
+        try:
+            out, failures = self._call(model).run(conformed.frame, self._wait_s([todo[i] for i in ok]))
+        except TimeoutError:
+            late = ScoringTimeout(f"the model did not answer within {self._table.endpoint.limits.timeout_s} s")
+            for i in ok:
+                todo[i].fail(late)
+            return (time.perf_counter() - start) * 1000
         elapsed = (time.perf_counter() - start) * 1000
         for i, prediction, failure in zip(ok, _predictions(out, len(ok)), failures, strict=True):
             if failure is not None:
@@ -256,12 +332,62 @@ class ScoringCore:
         self._expire([todo[i] for i in ok])
         return elapsed
 
+    def _wait_s(self, items: list[_Item]) -> float:
+        """How long the model may take: until the last of these records' deadlines."""
+        return max(0.0, (max(it.deadline for it in items) - self._clock()).total_seconds())
+
+    def _call(self, model: ServedModel) -> _ModelCall:
+        call = self._calls.get(id(model))
+        if call is None or call.model is not model:
+            live = {id(m) for m in self._table.models.values()}
+            self._calls = {k: c for k, c in self._calls.items() if k in live}
+            call = self._calls[id(model)] = _ModelCall(model)
+        return call
+
     def _expire(self, items: list[_Item]) -> None:
         now = self._clock()
         for it in items:
             if not it.done and now > it.deadline:
                 it.record.prediction = None
                 it.fail(ScoringTimeout(f"record not scored within {self._table.endpoint.limits.timeout_s} s"))
+
+
+class _ModelCall:
+    """One served model's predict calls, run on a thread of their own so that the core can stop
+    waiting for a call that takes too long. A call that never returns cannot be killed (it is a
+    thread): :meth:`ScoringCore.stalled` says so, and the worker that owns the core is replaced."""
+
+    def __init__(self, model: ServedModel) -> None:
+        self.model = model
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"predict-{model.name}")
+        self._running: Future[tuple[pd.DataFrame, list[ModelError | None]]] | None = None
+        self._started = 0.0
+        self._lock = threading.Lock()
+
+    def run(self, frame: pd.DataFrame, timeout_s: float) -> tuple[pd.DataFrame, list[ModelError | None]]:
+        """``predict_isolating(model, frame)``, or TimeoutError once ``timeout_s`` passed (waiting
+        for an earlier call that is still running counts)."""
+        deadline = time.monotonic() + timeout_s
+        with self._lock:
+            earlier = self._running
+            if earlier is not None and not earlier.done():
+                wait(earlier, timeout_s)
+            self._running = self._executor.submit(predict_isolating, self.model, frame)
+            self._started = time.monotonic()
+            running = self._running
+        return running.result(timeout=max(0.0, deadline - time.monotonic()))
+
+    def running_for(self) -> float:
+        """Seconds the current call has been running; 0 when none runs."""
+        running = self._running
+        return 0.0 if running is None or running.done() else time.monotonic() - self._started
+
+
+def wait(future: Future[Any], timeout_s: float) -> None:
+    """Wait for ``future`` to finish; TimeoutError if it does not in time (its outcome is ignored)."""
+    done, _ = futures_wait([future], timeout=timeout_s)
+    if not done:
+        raise TimeoutError("an earlier predict call has not returned")
 
 
 def _copies(entity: str, router: Router) -> list[tuple[str, bool]]:
@@ -316,6 +442,20 @@ def _null(value: Any) -> bool:
 def _model_input(it: _Item) -> dict[str, Any]:
     """Looked-up features, then the request's non-null fields on top (request wins)."""
     return {**it.record.features, **{k: v for k, v in it.fields.items() if not _null(v)}}
+
+
+def _key_error(
+    service: str, join_keys: Sequence[str], key: tuple[Hashable | None, ...], types: Mapping[str, Any]
+) -> InvalidInput | None:
+    """A record's entity key that is absent, or not a value of its type: 400 for that record."""
+    absent = [k for k, v in zip(join_keys, key, strict=True) if v is None]
+    if absent:
+        return InvalidInput(f"record lacks entity key {absent} needed by feature service {service!r}")
+    for name, value in zip(join_keys, key, strict=True):
+        problem = key_problem(value, types.get(name))
+        if problem is not None:
+            return InvalidInput(f"entity key {name!r} {problem}")
+    return None
 
 
 def _describe(join_keys: Sequence[str], key: tuple[Hashable | None, ...]) -> str:

@@ -111,20 +111,47 @@ def _message(value: Any, f: pa.Field, present: bool) -> str:
         return f"missing input column {f.name!r} ({f.type})"
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return f"missing value for required input column {f.name!r} ({f.type})"
-    return f"input column {f.name!r} expects {f.type}, got {type(value).__name__} {value!r}"
+    plain = value.item() if isinstance(value, np.generic) else value
+    shown = repr(plain) if len(repr(plain)) <= 60 else repr(plain)[:57] + "..."
+    numeric = pa.types.is_integer(f.type) or pa.types.is_floating(f.type)
+    if numeric and _is_number(value) and _is_whole_or_float(value):
+        return f"input column {f.name!r} expects {f.type}, got {shown} (out of range)"
+    return f"input column {f.name!r} expects {f.type}, got {type(value).__name__} {shown}"
+
+
+def _is_whole_or_float(value: Any) -> bool:
+    """A number of the right kind for a numeric column (so what is wrong is its range)."""
+    return bool(isinstance(value, int | np.integer) or (isinstance(value, float | np.floating) and np.isfinite(value)))
 
 
 def _type_ok(column: pd.Series[Any], t: pa.DataType) -> pd.Series[bool]:
     kind = column.dtype.kind
     if pa.types.is_integer(t):
+        info = np.iinfo(t.to_pandas_dtype())
         if kind in "iu":
-            return pd.Series(True, index=column.index)
+            if np.iinfo(column.dtype).min >= info.min and np.iinfo(column.dtype).max <= info.max:
+                return pd.Series(True, index=column.index)  # every value of the column's own type fits
+            return (column >= info.min) & (column <= info.max)
         if kind == "f":
-            return (column % 1 == 0) | column.isna()
-        return column.map(_is_integral).astype(bool)
+            return ((column % 1 == 0) & (column >= info.min) & (column <= info.max)) | column.isna()
+        return column.map(lambda v: _is_integral(v) and info.min <= int(v) <= info.max).astype(bool)
     if pa.types.is_floating(t):
-        return pd.Series(True, index=column.index) if kind in "iuf" else column.map(_is_number).astype(bool)
+        limit = float(np.finfo(t.to_pandas_dtype()).max)
+        if kind in "iuf":
+            return (column.abs() <= limit) | column.isna() if kind == "f" or t.bit_width < 64 else _true(column)
+        return column.map(lambda v: _is_number(v) and _fits(v, limit)).astype(bool)
     return column.map(_CHECKS.get(str(t), _anything)).astype(bool)
+
+
+def _fits(value: Any, limit: float) -> bool:
+    try:
+        return abs(float(value)) <= limit
+    except OverflowError:  # an integer beyond any float
+        return False
+
+
+def _true(column: pd.Series[Any]) -> pd.Series[bool]:
+    return pd.Series(True, index=column.index)
 
 
 def _is_integral(v: Any) -> bool:

@@ -8,9 +8,11 @@ A request that cannot be scored is not an exception but a result with an error s
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal
+
+from lakeserve.errors import ScoringError
 
 Transport = Literal["kafka", "http", "batch"]
 
@@ -35,6 +37,7 @@ class ScoringRequest:
     received_at: datetime  # timezone-aware UTC
     origin: Origin
     headers: Mapping[str, str] = field(default_factory=dict)
+    defect: str | None = None  # why the transport could not read it (answered 400, never parsed)
 
 
 @dataclass(slots=True)
@@ -87,3 +90,16 @@ class RequestResult:
 
     def answered_records(self) -> list[RecordResult]:
         return [r for r in self.records if not r.shadow]
+
+    def as_error(self, error: ScoringError, body: bytes) -> RequestResult:
+        """This request answered with ``error`` instead (``body`` is its error answer): every
+        answered record takes the error's status for the log; predictions are kept."""
+        records = [
+            r if r.shadow else replace(r, status_code=error.status_code, error_code=error.error_code,
+                                        message=error.message)
+            for r in self.records
+        ]  # fmt: skip
+        return replace(
+            self, status_code=error.status_code, response_body=body, records=records,
+            error_code=error.error_code, message=error.message,
+        )  # fmt: skip

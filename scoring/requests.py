@@ -13,6 +13,11 @@ are ignored, as MLflow's scoring server ignores them. JSON ``NaN``/``Infinity`` 
 numbers that overflow to infinity) are refused with ``INVALID_PARAMETER_VALUE`` unless the
 caller allows them. :func:`parse` never raises for bad input: it returns the error as a value.
 
+Hostile bodies are refused here, before anything downstream can trip on them: values nested
+deeper than :data:`MAX_DEPTH` levels (``BAD_REQUEST``; JSON nested too deep for the decoder
+itself too), and strings holding a lone surrogate (``"\ud800"``, or the bytes of one: Python's
+decoder lets both through, and no UTF-8 consumer downstream accepts them).
+
 The records stay the JSON decoder's dicts (field names as strings; ``dataframe_split`` without
 ``columns`` names them ``"0"``, ``"1"``, ...): no frame is built per request. The scoring core
 builds one frame per served model per micro-batch, where the model needs one.
@@ -35,6 +40,7 @@ INPUTS = "inputs"
 FORMATS = (DF_SPLIT, DF_RECORDS, INSTANCES, INPUTS)
 
 Record = dict[str, Any]  # one record: field name → JSON value (None for null or absent)
+MAX_DEPTH = 32  # containers inside a request, the body's own object and format included
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,12 +64,54 @@ def parse(body: bytes, max_bytes: int, *, allow_non_finite: bool = False) -> Par
         document = _decode(body, allow_non_finite)
     except _NonFiniteError as exc:
         return InvalidInput(f"non-finite number {exc} is not allowed in a scoring request")
+    except RecursionError:
+        return BadRequest(f"body is nested deeper than {MAX_DEPTH} levels")
     except (ValueError, UnicodeDecodeError) as exc:
         return BadRequest(f"body is not valid JSON: {exc}")
     try:
+        _check_values(document, 0)
         return _parse_document(document)
     except ScoringError as exc:
         return exc
+
+
+def _check_values(value: Any, depth: int) -> None:
+    """Refuse nesting deeper than MAX_DEPTH, strings with lone surrogates and integers beyond 64
+    bits, anywhere (no model input type holds them; pandas cannot even build a frame of them)."""
+    kind = type(value)
+    if kind is str:
+        if not value.isascii():
+            _check_text(value)
+        return
+    if kind is int:
+        if not _INT_MIN <= value <= _INT_MAX:
+            raise InvalidInput(f"integer {str(value)[:30]}... is beyond 64 bits")
+        return
+    if kind is not dict and kind is not list:
+        return
+    if depth >= MAX_DEPTH:
+        raise BadRequest(f"body is nested deeper than {MAX_DEPTH} levels")
+    if kind is dict:
+        for key, item in value.items():
+            if not key.isascii():
+                _check_text(key)
+            if type(item) in _CHECKED:
+                _check_values(item, depth + 1)
+    else:
+        for item in value:
+            if type(item) in _CHECKED:
+                _check_values(item, depth + 1)
+
+
+_CHECKED = frozenset({dict, list, str, int})
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
+
+
+def _check_text(text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest(f"body holds a lone surrogate (invalid UTF-16): {text[:40]!r}") from None
 
 
 def _decode(body: bytes, allow_non_finite: bool) -> Any:

@@ -24,8 +24,9 @@ BUCKETS = 100
 
 
 def bucket(key: str) -> int:
-    """The bucket (0-99) of a key string; stable across processes, machines and versions."""
-    digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest()
+    """The bucket (0-99) of a key string; stable across processes, machines and versions (and
+    defined for any string: parsing refuses lone surrogates, but a transport might not parse)."""
+    digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest()
     return int.from_bytes(digest, "big") % BUCKETS
 
 

@@ -1,11 +1,15 @@
-"""A small MLflow model for tests of failure paths, shipped so any process can load it.
+"""Small MLflow models for tests of failure paths, shipped so any process can load them.
 
 ``GuardedModel`` scores like a tiny logistic model over the demo's inputs and raises on a
-negative ``amount``, the way a user's model raises on input it was never meant to see.
+negative ``amount``, the way a user's model raises on input it was never meant to see;
+``StallingModel`` hangs and ``CrashingModel`` kills its process on one marked amount.
 """
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
 from typing import Any
 
 import numpy as np
@@ -20,3 +24,21 @@ class GuardedModel(PythonModel):
             raise ValueError("amount must not be negative")
         probability = 1.0 / (1.0 + np.exp(-(np.log1p(amount) - 5.0)))
         return pd.DataFrame({"prediction": (probability >= 0.5).astype("int64"), "probability": probability})
+
+
+class StallingModel(GuardedModel):
+    """Never returns for a record whose ``amount`` is -7 (a model call that hangs)."""
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        if (model_input["amount"].astype(float) == -7).any():
+            threading.Event().wait()
+        return super().predict(context, model_input, params)
+
+
+class CrashingModel(GuardedModel):
+    """Kills its process (as a segfault in native code would) for a record whose ``amount`` is -9."""
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        if (model_input["amount"].astype(float) == -9).any():
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().predict(context, model_input, params)
