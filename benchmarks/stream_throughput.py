@@ -631,7 +631,7 @@ def profile_phase(run: Run, bodies: Sequence[bytes]) -> None:
 
 
 STAGES: list[tuple[str, str, str]] = [  # (label, file suffix, function)
-    ("loop.run_once (everything)", "pipelines/checkpoint.py", "run_once"),
+    ("loop.run_once (everything)", "pipelines/delivery_loop.py", "run_once"),
     ("1 poll (KafkaRequestSource.poll)", "pipelines/kafka_source.py", "poll"),
     ("  consumer.poll (kafka-python)", "kafka/consumer/group.py", "poll"),
     ("  request records (_request)", "pipelines/kafka_source.py", "_request"),
@@ -640,12 +640,11 @@ STAGES: list[tuple[str, str, str]] = [  # (label, file suffix, function)
     ("  feast lookup (FeastFeatureLookup.get)", "features/feast_lookup.py", "get"),
     ("  conform to signature", "scoring/models.py", "conform"),
     ("  model predict (MlflowServedModel.predict)", "scoring/models.py", "predict"),
-    ("3 answer: sink.send", "pipelines/kafka_sinks.py", "send"),
-    ("3 answer: sink.flush", "pipelines/kafka_sinks.py", "flush"),
-    ("4 rows (TableTarget.rows -> to_arrow)", "pipelines/checkpoint.py", "rows"),
-    ("5 flush (DeliveryLoop.flush)", "pipelines/checkpoint.py", "flush"),
+    ("3 answer (KafkaResponseSink.deliver)", "pipelines/kafka_sinks.py", "deliver"),
+    ("4 rows (InferenceLog.add -> to_arrow)", "monitoring/inference_log.py", "add"),
+    ("5 flush (InferenceLog.flush)", "monitoring/inference_log.py", "flush"),
     ("  delta append (DeltaInferenceWriter.append)", "monitoring/delta_writer.py", "append"),
-    ("  txn versions (transaction_version)", "monitoring/delta_writer.py", "transaction_version"),
+    ("  txn versions (transaction_versions)", "monitoring/delta_writer.py", "transaction_versions"),
     ("  offset commit (KafkaRequestSource.commit)", "pipelines/kafka_source.py", "commit"),
 ]
 

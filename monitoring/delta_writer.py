@@ -1,31 +1,26 @@
 """The inference-table writer: one plug point, a delta-rs implementation and an in-memory fake.
 
-Delivery guarantee: **exactly-once logging per Kafka partition**, together with the caller.
 Every :meth:`InferenceTableWriter.append` is one atomic Delta commit holding the rows *and*
-the ``(app_id, version)`` transaction identifiers (Delta ``txn`` actions), one app id per
-consumer group/topic/partition (see :func:`app_id`) whose version is the offset of the last
-record logged. Either both land or neither does. After a crash or a rebalance the delivery
-loop reads :meth:`~InferenceTableWriter.transaction_version` back and skips records whose
-offset is not above it, so a record replayed by Kafka is never logged twice. The writer
-itself does not filter rows; it only records and reports the versions.
+the ``(app_id, version)`` transaction identifiers (Delta ``txn`` actions): either both land or
+neither does. That is what the exactly-once guarantee rests on; its bookkeeping (which app id,
+which version, what to skip) is :mod:`lakeserve.monitoring.inference_log`'s alone. The writer
+does not filter rows; it only records and reports the versions. A commit that loses to a
+concurrent one raises :class:`~lakeserve.errors.CommitConflict`.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Protocol
 
 import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
-from deltalake.exceptions import DeltaError
+from deltalake.exceptions import CommitFailedError, DeltaError
 from deltalake.schema import Field as DeltaField
 
-from lakeserve.errors import ComponentError, ConfigError
+from lakeserve.errors import CommitConflict, ComponentError, ConfigError
 from lakeserve.monitoring.table_schema import PARTITION_COLUMNS, extend_schema
-
-_TOPIC = re.compile(r"^[A-Za-z0-9._-]+$")  # Kafka's legal topic characters
 
 
 class InferenceTableWriter(Protocol):
@@ -43,22 +38,9 @@ class InferenceTableWriter(Protocol):
         """The latest version committed for ``app_id``; None when the table or the id is unknown."""
         ...
 
-
-def app_id(group_id: str, topic: str, partition: int) -> str:
-    """The Delta transaction app id of one consumer group's position in one partition.
-
-    Format ``lakeserve/kafka/<group_id>/<topic>/<partition>``, e.g.
-    ``lakeserve/kafka/scorers/fraud-requests/3``. Topic names cannot hold ``/`` and the
-    partition is a number, so the id splits unambiguously from the right even when the group
-    id holds slashes.
-    """
-    if not group_id:
-        raise ConfigError("app_id: group_id must not be empty")
-    if not _TOPIC.match(topic):
-        raise ConfigError(f"app_id: {topic!r} is not a Kafka topic name")
-    if partition < 0:
-        raise ConfigError(f"app_id: partition must be >= 0, got {partition}")
-    return f"lakeserve/kafka/{group_id}/{topic}/{partition}"
+    def transaction_versions(self, app_ids: Iterable[str]) -> dict[str, int | None]:
+        """:meth:`transaction_version` of each id, read from one snapshot of the table."""
+        ...
 
 
 def align_rows(rows: pa.Table, table_schema: pa.Schema) -> pa.Table:
@@ -105,9 +87,12 @@ class DeltaInferenceWriter:
             )
 
     def transaction_version(self, app_id: str) -> int | None:
+        return self.transaction_versions([app_id])[app_id]
+
+    def transaction_versions(self, app_ids: Iterable[str]) -> dict[str, int | None]:
         with _delta_errors(f"read transaction versions of {self.uri}"):
             table = self._latest()
-            return None if table is None else table.transaction_version(app_id)
+            return {a: None if table is None else table.transaction_version(a) for a in app_ids}
 
     def _latest(self) -> DeltaTable | None:
         """The table at its newest version (cached handle, refreshed), or None when absent."""
@@ -159,6 +144,8 @@ def _delta_errors(action: str) -> Iterator[None]:
     """Wrap delta-rs, object-store and Arrow failures where they enter."""
     try:
         yield
+    except CommitFailedError as exc:
+        raise CommitConflict(f"could not {action}: {exc}") from exc
     except (DeltaError, OSError, pa.ArrowException) as exc:
         raise ComponentError("delta", f"could not {action}: {exc}") from exc
 
@@ -188,6 +175,9 @@ class InMemoryInferenceWriter:
 
     def transaction_version(self, app_id: str) -> int | None:
         return self._versions.get(app_id)
+
+    def transaction_versions(self, app_ids: Iterable[str]) -> dict[str, int | None]:
+        return {a: self._versions.get(a) for a in app_ids}
 
     def rows(self) -> pa.Table:
         """Every appended row, in commit order, with the current schema."""

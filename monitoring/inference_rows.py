@@ -48,6 +48,19 @@ class _Row:
     codes: list[str] = field(default_factory=list)  # logging_error_codes
 
 
+@dataclass(frozen=True, slots=True)
+class RowFormat:
+    """How results become rows: the table's schema and the endpoint's logging settings."""
+
+    schema: pa.Schema
+    endpoint_name: str
+    sampling_fraction: float
+    payload_cap_bytes: int
+
+    def rows(self, results: Sequence[RequestResult]) -> pa.Table:
+        return to_arrow(results, self.schema, self.endpoint_name, self.sampling_fraction, self.payload_cap_bytes)
+
+
 def is_sampled(request_id: str, sampling_fraction: float) -> bool:
     """Stable across processes and restarts: the same request id is always kept or always dropped."""
     digest = hashlib.blake2b(request_id.encode("utf-8"), digest_size=8).digest()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-import time
 from collections.abc import Sequence
 
 import uvicorn
@@ -23,15 +22,21 @@ from lakeserve.errors import ConfigError
 from lakeserve.features.feast_lookup import FeastFeatureLookup
 from lakeserve.features.store import feature_store
 from lakeserve.monitoring.delta_writer import DeltaInferenceWriter
-from lakeserve.monitoring.row_buffer import RowBuffer
+from lakeserve.monitoring.inference_rows import RowFormat
 from lakeserve.pipelines.auth import AccessGuard
-from lakeserve.pipelines.checkpoint import TableTarget
 from lakeserve.pipelines.http_app import Scoring, create_app
 from lakeserve.pipelines.http_batcher import MicroBatcher
 from lakeserve.pipelines.http_logging import HttpTableLogger
 from lakeserve.pipelines.http_settings import HttpSettings
 from lakeserve.pipelines.metrics import ServiceMetrics
-from lakeserve.pipelines.service import apply_pending_update, load_models, new_updater, table_schema, table_target
+from lakeserve.pipelines.service import (
+    apply_pending_update,
+    load_models,
+    new_inference_log,
+    new_updater,
+    row_format,
+    table_schema,
+)
 from lakeserve.pipelines.settings import Settings, format_validation_error
 from lakeserve.pipelines.updates import Update
 from lakeserve.scoring.core import ScoringCore
@@ -57,15 +62,15 @@ def load_scoring(settings: Settings, metrics: ServiceMetrics) -> Scoring:
     writer = DeltaInferenceWriter(settings.inference_table_uri) if endpoint.auto_capture_config.enabled else None
     table: HttpTableLogger | None = None
     if writer is not None:
-        target = table_target(endpoint, writer, table_schema(models, lookup))
-        table = HttpTableLogger(writer, target, RowBuffer.from_settings(settings.tables, time.monotonic), metrics)
+        rows = row_format(endpoint, writer, table_schema(models, lookup))
+        table = HttpTableLogger(new_inference_log(settings, writer, rows), metrics)
         table.start()
     served = model_summary(models)  # /ready shows it; kept current across swaps
     stop_watching = threading.Event()
     threading.Thread(target=updater.watch, args=(stop_watching,), name="endpoint-updater", daemon=True).start()
 
-    def new_target(update: Update) -> TableTarget | None:
-        return table_target(update.endpoint, writer, table_schema(update.models, lookup)) if writer else None
+    def new_target(update: Update) -> RowFormat | None:
+        return row_format(update.endpoint, writer, table_schema(update.models, lookup)) if writer else None
 
     def score(requests: Sequence[ScoringRequest]) -> list[RequestResult]:
         swapped = apply_pending_update(updater, core, new_target)
@@ -74,7 +79,7 @@ def load_scoring(settings: Settings, metrics: ServiceMetrics) -> Scoring:
             served.clear()
             served.update(model_summary(update.models))
             if table is not None and target is not None:
-                table.target = target
+                table.log.row_format = target
         return core.score(requests)
 
     def on_scored(results: list[RequestResult]) -> None:
@@ -90,7 +95,7 @@ def load_scoring(settings: Settings, metrics: ServiceMetrics) -> Scoring:
             model.unload()
 
     batcher = MicroBatcher(score, endpoint.limits, on_scored)
-    return Scoring(batcher, served, close)
+    return Scoring(batcher, served, close, core.stalled)
 
 
 def listen_settings(http: HttpSettings, host: str | None, port: int | None) -> HttpSettings:

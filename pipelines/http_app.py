@@ -7,7 +7,9 @@ Routes (``{name}`` is ``endpoint.name``):
   with the error's status (400 bad body, 404 unknown endpoint, 413 over
   ``limits.max_request_bytes``, 504 past ``limits.timeout_s``, 503 while loading or when a
   component fails);
-- ``GET /health`` (liveness, always open) and ``GET /ready`` (200 once the models are loaded);
+- ``GET /health`` (liveness, always open: 503 once a model call is stuck past
+  ``limits.timeout_s``, so an orchestrator restarts the server) and ``GET /ready`` (200 once the
+  models are loaded);
 - ``GET /metrics`` (Prometheus), ``GET /dashboard`` and ``GET /dashboard/data``.
 
 Everything but ``/health`` and ``/ready`` passes the :class:`~lakeserve.pipelines.auth.AccessGuard`
@@ -36,9 +38,9 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from lakeserve.errors import BadRequest, NotFound, PayloadTooLarge, ScoringError, ScoringTimeout
+from lakeserve.errors import BadRequest, NotFound, PayloadTooLarge, ScoringError, ScoringTimeout, ServiceUnavailable
 from lakeserve.pipelines.auth import AccessGuard, Denied
-from lakeserve.pipelines.http_batcher import MicroBatcher, ScoringUnavailable
+from lakeserve.pipelines.http_batcher import MicroBatcher
 from lakeserve.pipelines.metrics import ServiceMetrics
 from lakeserve.scoring.records import Origin, ScoringRequest
 from lakeserve.scoring.settings import EndpointSettings
@@ -53,6 +55,7 @@ class Scoring:
     batcher: MicroBatcher
     served: dict[str, str]  # served entity -> model_name/version, for /ready
     close: Callable[[], None]  # stop the table flusher (flushes), unload models
+    stalled: Callable[[], str | None] = lambda: None  # why the server must be restarted, if it must
 
 
 Loader = Callable[[], Scoring]  # blocking: loads the models and opens the table
@@ -141,6 +144,12 @@ class _Handlers:
         return Response(result.response_body, result.status_code, headers, media_type="application/json")
 
     async def health(self, request: Request) -> Response:
+        """Liveness: 503 once a model call is stuck (only a restart frees its thread)."""
+        scoring = self.state.scoring
+        stalled = scoring.stalled() if scoring is not None else None
+        if stalled is not None:
+            log.error("unhealthy: %s", stalled)
+            return error_response(503, "TEMPORARILY_UNAVAILABLE", "a model call is stuck; restart the server")
         return JSONResponse({"status": "ok"})
 
     async def ready(self, request: Request) -> Response:
@@ -180,7 +189,7 @@ class _Handlers:
 
     def _scoring(self) -> Scoring:
         if self.state.scoring is None:
-            raise ScoringUnavailable("the served models are not loaded yet")
+            raise ServiceUnavailable("the served models are not loaded yet")
         return self.state.scoring
 
 

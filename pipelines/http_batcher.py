@@ -7,7 +7,7 @@ queued behind a busy scorer counts, and a loaded server adds no wait), scores th
 one worker thread (the core is synchronous; the event loop stays free to accept and answer),
 hands the results to ``on_scored`` in that thread (inference rows, batch metrics), and resolves
 every caller's future. A failure of a real component (``ComponentError`` out of the core) fails
-every caller of the batch with :class:`ScoringUnavailable`; the next batch is tried afresh.
+every caller of the batch with :class:`~lakeserve.errors.ServiceUnavailable`; the next batch is tried afresh.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from lakeserve.errors import ScoringError
+from lakeserve.errors import ServiceUnavailable
 from lakeserve.scoring.records import RequestResult, ScoringRequest
 from lakeserve.scoring.settings import Limits
 
@@ -27,13 +27,6 @@ log = logging.getLogger(__name__)
 
 Scorer = Callable[[Sequence[ScoringRequest]], list[RequestResult]]
 OnScored = Callable[[list[RequestResult]], None]
-
-
-class ScoringUnavailable(ScoringError):
-    """The batch could not be scored because a component failed (Feast, Delta, the model runtime)."""
-
-    status_code = 503
-    error_code = "TEMPORARILY_UNAVAILABLE"
 
 
 @dataclass(slots=True)
@@ -105,7 +98,7 @@ class MicroBatcher:
             log.error("scoring a batch of %d requests failed: %s: %s", len(batch), type(exc).__name__, exc)
             for p in batch:
                 if not p.future.done():
-                    p.future.set_exception(ScoringUnavailable("the service cannot score right now; retry later"))
+                    p.future.set_exception(ServiceUnavailable("the service cannot score right now; retry later"))
             return
         for p, result in zip(batch, results, strict=True):
             if not p.future.done():  # a caller that timed out no longer waits

@@ -1,12 +1,13 @@
-"""HTTP results → the endpoint's inference table, buffered and appended by a background flusher.
+"""HTTP results → the endpoint's inference table, through the same inference log as Kafka's.
 
 Delivery guarantee: **at most once, best effort** — unlike the Kafka path, which logs exactly
-once. HTTP has no replayable source, so the rows of answered requests wait in memory
-(:class:`~lakeserve.monitoring.row_buffer.RowBuffer`, due by ``tables.flush_rows`` or
-``tables.flush_interval_ms``) and are lost if the process dies before the next append. A clean
-shutdown flushes them. A failed append is logged and its rows are dropped (counted in the log
-line), so a Delta outage never holds answers back or grows memory without bound. The rows have
-``transport = "http"`` and null Kafka columns; they carry no Delta transaction id.
+once. HTTP has no replayable source: the rows of answered requests wait in the
+:class:`~lakeserve.monitoring.inference_log.InferenceLog` (due by ``tables.flush_rows`` or
+``tables.flush_interval_ms``) and a background thread appends them. A failed append keeps them
+for the next try; while the table is down at most ``tables.max_buffered_rows`` wait, and older
+ones are dropped and counted, so an outage never holds answers back or grows memory without
+bound. Rows still waiting when the process dies are lost; a clean shutdown appends them. The rows
+have ``transport = "http"`` and null Kafka columns; they carry no Delta transaction.
 """
 
 from __future__ import annotations
@@ -17,9 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from lakeserve.errors import LakeserveError
-from lakeserve.monitoring.delta_writer import InferenceTableWriter
-from lakeserve.monitoring.row_buffer import RowBuffer
-from lakeserve.pipelines.checkpoint import TableTarget
+from lakeserve.monitoring.inference_log import InferenceLog
 from lakeserve.pipelines.metrics import ServiceMetrics
 from lakeserve.scoring.records import RequestResult
 
@@ -27,30 +26,30 @@ log = logging.getLogger(__name__)
 
 
 class HttpTableLogger:
-    """Buffers rows of scored HTTP requests; a daemon thread appends them when due."""
+    """Adds scored HTTP requests to the inference log; a daemon thread appends them when due."""
 
     def __init__(
         self,
-        writer: InferenceTableWriter,
-        target: TableTarget,
-        buffer: RowBuffer,
+        inference_log: InferenceLog,
         metrics: ServiceMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
         check_every_s: float = 0.05,
     ) -> None:
-        self.writer, self.target, self.buffer, self.metrics, self.clock = writer, target, buffer, metrics, clock
-        self.check_every_s = check_every_s
-        self.rows_logged = 0
-        self.rows_dropped = 0
-        self._buffer_lock = threading.Lock()  # add / drain
-        self._append_lock = threading.Lock()  # one append at a time
+        self.log, self.metrics, self.clock, self.check_every_s = inference_log, metrics, clock, check_every_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._failing_since: float | None = None
+
+    @property
+    def rows_logged(self) -> int:
+        return self.log.stats.rows_logged
+
+    @property
+    def rows_dropped(self) -> int:
+        return self.log.stats.rows_dropped_overflow
 
     def add(self, results: Sequence[RequestResult]) -> None:
-        rows = self.target.rows(results)
-        with self._buffer_lock:
-            self.buffer.add(rows, {})
+        self.log.add(results)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="http-table-flusher", daemon=True)
@@ -65,27 +64,29 @@ class HttpTableLogger:
         self.flush()
 
     def flush(self) -> int:
-        """Append everything buffered now; returns the rows appended."""
-        with self._append_lock:
-            with self._buffer_lock:
-                if self.buffer.empty:
-                    return 0
-                rows, _ = self.buffer.drain()
-            started = self.clock()
-            try:
-                self.writer.append(rows, {})
-            except LakeserveError as exc:
-                self.rows_dropped += rows.num_rows
-                log.error("inference table append failed, %d HTTP rows dropped: %s", rows.num_rows, exc)
-                return 0
-            self.rows_logged += rows.num_rows
+        """Append everything waiting now; returns the rows appended (0 when the append failed)."""
+        started, rows = self.clock(), self.log.waiting_rows
+        if rows == 0:
+            return 0
+        try:
+            self.log.flush()
+        except LakeserveError as exc:
+            if self._failing_since is None:
+                self._failing_since = started
+                log.error("inference table append failed; %d HTTP rows wait for the next try: %s", rows, exc)
             if self.metrics is not None:
-                self.metrics.table_flushed("http", rows.num_rows, self.clock() - started)
-            return int(rows.num_rows)
+                self.metrics.component_retry("delta")
+            return 0
+        if self._failing_since is not None:
+            log.warning("inference table appends work again after %.1f s", started - self._failing_since)
+            if self.metrics is not None:
+                self.metrics.component_outage("delta", started - self._failing_since)
+            self._failing_since = None
+        if self.metrics is not None:
+            self.metrics.table_flushed("http", rows, self.clock() - started)
+        return rows
 
     def _run(self) -> None:
         while not self._stop.wait(self.check_every_s):
-            with self._buffer_lock:
-                due = self.buffer.due()
-            if due:
+            if self.log.due():
                 self.flush()

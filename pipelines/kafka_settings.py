@@ -24,6 +24,32 @@ class KafkaSettings(BaseModel):
         description="a worker whose partitions were revoked and not assigned again within this time replaces "
         "its consumer (kafka-python 3 can stall in a rebalance and be expelled from the group)",
     )
+    ack_timeout_ms: int = Field(
+        default=5_000,
+        ge=100,
+        description="longest wait for the broker on one attempt (an acknowledgement, a commit, leaving the group); "
+        "bounds how long a stop takes when the broker is down",
+    )
+    stop_timeout_ms: int = Field(
+        default=6_000,
+        ge=1000,
+        description="a stopping worker that has not finished its last append and commit by then exits anyway "
+        "(its uncommitted records are replayed by the next owner)",
+    )
+    retry_backoff_initial_ms: int = Field(default=100, ge=1, description="first wait before retrying a component")
+    retry_backoff_max_ms: int = Field(default=5_000, ge=1, description="longest wait between retries (doubling)")
+    outage_deadline_ms: int = Field(
+        default=30_000,
+        ge=0,
+        description="a scoring component (Feast, a model runtime) failing this long: its requests are answered 503 "
+        "TEMPORARILY_UNAVAILABLE, dead-lettered and logged until it answers again",
+    )
+    quarantine_after_deaths: int = Field(
+        default=3,
+        ge=1,
+        description="a record whose scoring killed this many workers (a segfault, an OOM kill) is answered 500, "
+        "dead-lettered and logged without being scored again",
+    )
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = None
     sasl_username: str | None = None
@@ -31,6 +57,12 @@ class KafkaSettings(BaseModel):
     ssl_cafile: Path | None = None
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
+
+    @model_validator(mode="after")
+    def _backoff_ordered(self) -> KafkaSettings:
+        if self.retry_backoff_max_ms < self.retry_backoff_initial_ms:
+            raise ValueError("retry_backoff_max_ms must be at least retry_backoff_initial_ms")
+        return self
 
     @model_validator(mode="after")
     def _sasl_complete(self) -> KafkaSettings:

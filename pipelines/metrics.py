@@ -35,6 +35,8 @@ class LoopMetrics(Protocol):
     def batch_scored(self, transport: str, results: Sequence[RequestResult]) -> None: ...
     def table_flushed(self, transport: str, rows: int, seconds: float) -> None: ...
     def consumer_lag(self, lags: Mapping[Partition, int]) -> None: ...
+    def component_retry(self, component: str) -> None: ...
+    def component_outage(self, component: str, seconds: float) -> None: ...
 
 
 def entities(result: RequestResult) -> list[str]:
@@ -88,6 +90,14 @@ class ServiceMetrics:
         self.rows_logged = Counter(
             "lakeserve_inference_rows_logged", "Rows appended to the inference table", per_batch, registry=registry
         )
+        self.retries = Counter(
+            "lakeserve_component_retries", "Attempts retried after a component failed (consumption paused)",
+            ["endpoint", "component"], registry=registry,
+        )  # fmt: skip
+        self.outage_seconds = Counter(
+            "lakeserve_component_outage_seconds", "Seconds a component failed before it answered again",
+            ["endpoint", "component"], registry=registry,
+        )  # fmt: skip
 
     # -- what the transports report --------------------------------------------------------
     def answered(self, transport: str, result: RequestResult, latency_s: float) -> None:
@@ -122,6 +132,12 @@ class ServiceMetrics:
     def consumer_lag(self, lags: Mapping[Partition, int]) -> None:
         for (topic, partition), lag in lags.items():
             self.lag.labels(topic, str(partition)).set(lag)
+
+    def component_retry(self, component: str) -> None:
+        self.retries.labels(self.endpoint, component).inc()
+
+    def component_outage(self, component: str, seconds: float) -> None:
+        self.outage_seconds.labels(self.endpoint, component).inc(seconds)
 
     # -- what is read ----------------------------------------------------------------------
     def exposition(self) -> tuple[bytes, str]:

@@ -26,7 +26,7 @@ from lakeserve.scoring.records import RequestResult
 
 log = logging.getLogger(__name__)
 
-SCORED, FLUSHED, LAG = "scored", "flushed", "lag"
+SCORED, FLUSHED, LAG, RETRY, OUTAGE = "scored", "flushed", "lag", "retry", "outage"
 Event = tuple[Any, ...]
 
 
@@ -48,6 +48,12 @@ class MetricsRelay:
 
     def consumer_lag(self, lags: Mapping[Partition, int]) -> None:
         self._put((LAG, dict(lags)))
+
+    def component_retry(self, component: str) -> None:
+        self._put((RETRY, component))
+
+    def component_outage(self, component: str, seconds: float) -> None:
+        self._put((OUTAGE, component, seconds))
 
     def _put(self, event: Event) -> None:
         try:
@@ -77,5 +83,9 @@ def apply(metrics: ServiceMetrics, event: Event) -> None:
         metrics.table_flushed(transport, rows, seconds)
     elif kind == LAG:
         metrics.consumer_lag(event[1])
+    elif kind == RETRY:
+        metrics.component_retry(event[1])
+    elif kind == OUTAGE:
+        metrics.component_outage(event[1], event[2])
     else:
         log.warning("unknown metrics event %r from a worker", kind)

@@ -2,7 +2,7 @@
 
 ``build_worker`` loads the served models, opens Feast and the inference table (declaring its
 schema from the models' signatures and the feature services), and composes the delivery loop
-(:mod:`lakeserve.pipelines.checkpoint`) with the Kafka source and sink. ``run_worker`` runs it
+(:mod:`lakeserve.pipelines.delivery_loop`) with the Kafka source and sink and the inference log. ``run_worker`` runs it
 until a stop event, with the endpoint updater watching in a background thread.
 """
 
@@ -21,9 +21,12 @@ from lakeserve.errors import ConfigError
 from lakeserve.features.feast_lookup import FeastFeatureLookup
 from lakeserve.features.store import feature_store
 from lakeserve.monitoring.delta_writer import DeltaInferenceWriter, InferenceTableWriter
-from lakeserve.monitoring.row_buffer import RowBuffer
+from lakeserve.monitoring.inference_log import InferenceLog
+from lakeserve.monitoring.inference_rows import RowFormat
 from lakeserve.monitoring.table_schema import inference_schema
-from lakeserve.pipelines.checkpoint import DeliveryLoop, TableTarget
+from lakeserve.pipelines.crash_guard import CrashGuard
+from lakeserve.pipelines.delivery_loop import DeliveryLoop, RetryPolicy
+from lakeserve.pipelines.kafka_settings import KafkaSettings
 from lakeserve.pipelines.kafka_sinks import KafkaResponseSink
 from lakeserve.pipelines.kafka_source import KafkaRequestSource, RebalanceHandler
 from lakeserve.pipelines.metrics import LoopMetrics
@@ -77,39 +80,65 @@ def new_updater(settings: Settings, endpoint: EndpointSettings, models: Mapping[
 
 
 def build_worker(
-    settings: Settings, *, endpoint: EndpointSettings | None = None, metrics: LoopMetrics | None = None
+    settings: Settings,
+    *,
+    endpoint: EndpointSettings | None = None,
+    metrics: LoopMetrics | None = None,
+    guard: CrashGuard | None = None,
 ) -> Worker:
     endpoint = endpoint or settings.endpoint
     lookup = FeastFeatureLookup(feature_store(settings.feast))
     models = load_models(settings, endpoint)
     core = ScoringCore(endpoint, models, lookup)
     writer = DeltaInferenceWriter(settings.inference_table_uri)
-    target = table_target(endpoint, writer, table_schema(models, lookup))
+    inference_log = new_inference_log(settings, writer, row_format(endpoint, writer, table_schema(models, lookup)))
     updater = new_updater(settings, endpoint, models)
 
     def before_batch() -> None:
         swapped = apply_pending_update(
-            updater, core, lambda u: table_target(u.endpoint, writer, table_schema(u.models, lookup))
+            updater, core, lambda u: row_format(u.endpoint, writer, table_schema(u.models, lookup))
         )
         if swapped is not None:
-            loop.target = swapped[1]
+            inference_log.row_format = swapped[1]
 
     def make_source(handler: RebalanceHandler) -> KafkaRequestSource:
         return KafkaRequestSource(settings.kafka, endpoint.limits, handler, metrics=metrics)
 
     loop = DeliveryLoop(
         make_source,
-        core.score,
+        core,
         KafkaResponseSink(settings.kafka, endpoint.limits.max_request_bytes),
-        writer,
-        target,
-        RowBuffer.from_settings(settings.tables, time.monotonic),
-        settings.kafka.group_id,
+        inference_log,
+        retry_policy(settings.kafka),
         before_batch=before_batch,
         metrics=metrics,
         rejoin_timeout_s=settings.kafka.rejoin_timeout_ms / 1000,
+        guard=guard,
     )
     return Worker(loop, core, updater)
+
+
+def new_inference_log(settings: Settings, writer: InferenceTableWriter, rows: RowFormat) -> InferenceLog:
+    """The inference log of this endpoint's table, batched and retried as ``tables`` says."""
+    tables = settings.tables
+    return InferenceLog(
+        writer,
+        rows,
+        settings.kafka.group_id,
+        flush_rows=tables.flush_rows,
+        flush_interval_ms=tables.flush_interval_ms,
+        clock=time.monotonic,
+        conflict_retries=tables.commit_conflict_retries,
+        max_buffered_rows=tables.max_buffered_rows,
+    )
+
+
+def retry_policy(kafka: KafkaSettings) -> RetryPolicy:
+    return RetryPolicy(
+        backoff_initial_s=kafka.retry_backoff_initial_ms / 1000,
+        backoff_max_s=kafka.retry_backoff_max_ms / 1000,
+        outage_deadline_s=kafka.outage_deadline_ms / 1000,
+    )
 
 
 def apply_pending_update(
@@ -117,7 +146,7 @@ def apply_pending_update(
 ) -> tuple[Update, T] | None:
     """Swap the updater's prepared update into ``core``, if there is one; call between micro-batches.
 
-    ``prepare`` builds what the caller must install with the new models (its table target); it
+    ``prepare`` builds what the caller must install with the new models (its row format); it
     runs before the swap, so a ConfigError from it or from the swap refuses the update and the
     old config keeps serving. Returns the update and what ``prepare`` built, or None. Shared by
     the Kafka loop and the REST server, so both follow ``lakeserve endpoint update`` and aliases.
@@ -137,9 +166,10 @@ def apply_pending_update(
     return update, prepared
 
 
-def table_target(endpoint: EndpointSettings, writer: InferenceTableWriter, schema: pa.Schema) -> TableTarget:
+def row_format(endpoint: EndpointSettings, writer: InferenceTableWriter, schema: pa.Schema) -> RowFormat:
+    """How this endpoint's results become rows of the table (created or widened to ``schema``)."""
     cap = endpoint.auto_capture_config
-    return TableTarget(writer.ensure(schema), endpoint.name, cap.sampling_fraction, cap.payload_cap_bytes)
+    return RowFormat(writer.ensure(schema), endpoint.name, cap.sampling_fraction, cap.payload_cap_bytes)
 
 
 def run_worker(
@@ -147,10 +177,11 @@ def run_worker(
     stop: threading.Event,
     metrics: LoopMetrics | None = None,
     on_assigned: Callable[[], None] = lambda: None,
+    guard: CrashGuard | None = None,
 ) -> None:
     """Build a worker and run its loop until ``stop``; the updater watches in the background.
     ``on_assigned`` is called whenever the group gives the worker partitions (readiness)."""
-    worker = build_worker(settings, metrics=metrics)
+    worker = build_worker(settings, metrics=metrics, guard=guard)
     worker.loop.on_assigned = on_assigned
     log.info("worker serving %s in group %s", model_summary(worker.core.table.models), settings.kafka.group_id)
     watcher = threading.Thread(target=worker.updater.watch, args=(stop,), name="endpoint-updater", daemon=True)

@@ -19,7 +19,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing as mp
+import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -29,6 +31,8 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from lakeserve.errors import ComponentError
+from lakeserve.pipelines.crash_guard import DONE, IN_FLIGHT, CrashGuard, CrashLedger, Span
+from lakeserve.pipelines.delivery_loop import WorkerStalled
 from lakeserve.pipelines.metrics import ServiceMetrics
 from lakeserve.pipelines.metrics_relay import MetricsRelay, apply
 from lakeserve.pipelines.settings import Settings
@@ -44,6 +48,7 @@ class WorkerLink:
     def __init__(self, orders: Connection, reports: Connection, relay_metrics: bool = False) -> None:
         self._orders, self._reports, self.relay_metrics = orders, reports, relay_metrics
         self._send_lock = threading.Lock()
+        self.guard = CrashGuard(self._report_quietly)  # fed by the supervisor's orders
 
     def __getstate__(self) -> tuple[Connection, Connection, bool]:
         return self._orders, self._reports, self.relay_metrics
@@ -57,7 +62,8 @@ class WorkerLink:
 
         def relay() -> None:
             try:
-                self._orders.recv()
+                while (order := self._orders.recv()) != STOP:
+                    self.guard.order(*order)  # suspect or quarantined records
             except (EOFError, OSError):
                 log.warning("the supervisor is gone; stopping after the current micro-batch")
             stop.set()
@@ -81,17 +87,52 @@ class WorkerLink:
         with self._send_lock:
             self._reports.send(message)
 
+    def _report_quietly(self, message: Any) -> None:
+        with contextlib.suppress(OSError):  # the supervisor is gone; the stop relay ends the worker
+            self.report(message)
+
 
 Target = Callable[[Settings, WorkerLink], None]
 
 
+EXIT_STALLED = 75  # a model call never returned: replace this worker
+
+
 def worker_main(settings: Settings, link: WorkerLink) -> None:
-    """Entry point of a worker process (module-level, so the spawn start method can import it)."""
+    """Entry point of a worker process (module-level, so the spawn start method can import it).
+
+    The process ends with ``os._exit``: a model call stuck in a thread would otherwise keep the
+    interpreter from exiting. Once told to stop, it exits within ``kafka.stop_timeout_ms`` even
+    if its last append or commit cannot finish (the broker or the table is down): the records
+    not committed are replayed by the next owner, so nothing is lost."""
     from lakeserve.pipelines.service import run_worker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s [%(processName)s] %(name)s: %(message)s")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the supervisor decides
-    run_worker(settings, link.stop_event(), metrics=link.metrics(), on_assigned=link.assigned)
+    stop = link.stop_event()
+    threading.Thread(target=_exit_when_stop_hangs, args=(stop, settings.kafka.stop_timeout_ms / 1000),
+                     name="stop-deadline", daemon=True).start()  # fmt: skip
+    code = 0
+    try:
+        run_worker(settings, stop, metrics=link.metrics(), on_assigned=link.assigned, guard=link.guard)
+    except WorkerStalled as exc:
+        log.error("%s", exc)
+        code = EXIT_STALLED
+    _exit(code)
+
+
+def _exit_when_stop_hangs(stop: threading.Event, timeout_s: float) -> None:
+    stop.wait()
+    if not threading.Event().wait(timeout_s):  # the deadline, not a readiness wait
+        log.error("the worker did not stop within %.0f s; exiting without its last commit", timeout_s)
+        _exit(1)
+
+
+def _exit(code: int) -> None:
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 @dataclass
@@ -100,6 +141,8 @@ class _Slot:
     orders: Connection  # supervisor -> worker
     reports: Connection  # worker -> supervisor; read (and closed) by the reader thread only
     ready: threading.Event = field(default_factory=threading.Event)
+    in_flight: list[Span] = field(default_factory=list)  # what it was scoring, as last reported
+    gone: threading.Event = field(default_factory=threading.Event)  # its report pipe reached its end
 
 
 class Supervisor:
@@ -121,6 +164,7 @@ class Supervisor:
         self.ctx = mp.get_context("spawn")
         self.slots: dict[int, _Slot] = {}
         self.restarts = 0
+        self.ledger = CrashLedger(settings.kafka.quarantine_after_deaths)
         self._stopped_reading = threading.Event()
         self._reader = threading.Thread(target=self._read_reports, name="worker-reports", daemon=True)
 
@@ -145,15 +189,19 @@ class Supervisor:
         for n in dead:
             p = self.slots[n].process
             log.warning("worker %d (pid %s) exited with %s; restarting", n, p.pid, p.exitcode)
+            self._count_death(self.slots[n])
             self.slots[n].orders.close()
             time.sleep(self.restart_backoff_s)  # back-off so a crash loop does not spin
             self._spawn(n)
             self.restarts += 1
         return dead
 
-    def shutdown(self, timeout_s: float = 60.0) -> None:
+    def shutdown(self, timeout_s: float | None = None) -> None:
         """Ask every worker to stop (it finishes its micro-batch and flushes), kill any still
-        running after ``timeout_s``; the workers' last reports are read before returning."""
+        running after ``timeout_s`` (default: a little over ``kafka.stop_timeout_ms``, after
+        which a worker exits by itself); the workers' last reports are read before returning."""
+        if timeout_s is None:
+            timeout_s = self.settings.kafka.stop_timeout_ms / 1000 + 1.0
         for s in self.slots.values():
             with contextlib.suppress(OSError):  # already dead
                 s.orders.send(STOP)
@@ -184,6 +232,19 @@ class Supervisor:
     def pids(self) -> list[int]:
         return [s.process.pid for s in self.slots.values() if s.process.pid is not None and s.process.is_alive()]
 
+    def _count_death(self, slot: _Slot) -> None:
+        """A worker that died scoring a batch: its records become suspect, or get quarantined."""
+        slot.gone.wait(2.0)  # its last reports are read first
+        if not slot.in_flight:
+            return
+        for order in self.ledger.died(slot.in_flight):
+            self._tell_all(order)
+
+    def _tell_all(self, order: tuple[str, list[object]]) -> None:
+        for s in self.slots.values():
+            with contextlib.suppress(OSError):  # dead: it gets the standing orders when restarted
+                s.orders.send(order)
+
     def _read_reports(self) -> None:
         """The one reader of every report pipe, until shutdown has joined the workers and their
         pipes are drained."""
@@ -203,10 +264,15 @@ class Supervisor:
                 message = slot.reports.recv()
                 if message == ASSIGNED:
                     slot.ready.set()
+                elif message[0] == IN_FLIGHT:
+                    slot.in_flight = list(message[1])
+                elif message[0] == DONE:
+                    slot.in_flight = []
                 elif self.metrics is not None:
                     apply(self.metrics, message)
         except (EOFError, OSError):  # the worker is gone; reap restarts it with fresh pipes
             slot.reports.close()
+            slot.gone.set()
         except Exception:  # a bad report must not stop the reader
             log.exception("reading a worker report failed")
 
@@ -220,3 +286,5 @@ class Supervisor:
         orders_r.close()  # the child holds its own copies; ours would hide its end of file
         reports_w.close()
         self.slots[n] = _Slot(p, orders_w, reports_r)
+        for order in self.ledger.standing_orders():
+            orders_w.send(order)

@@ -14,8 +14,8 @@ from lakeserve.monitoring.delta_writer import (
     DeltaInferenceWriter,
     InferenceTableWriter,
     InMemoryInferenceWriter,
-    app_id,
 )
+from lakeserve.monitoring.inference_log import app_id
 from lakeserve.monitoring.inference_rows import to_arrow
 from lakeserve.monitoring.table_schema import inference_schema, prediction_column_names
 from lakeserve.scoring.records import Origin, RecordResult, RequestResult, ScoringRequest
@@ -164,6 +164,9 @@ def test_delta_failures_arrive_as_component_errors(tmp_path: Path) -> None:
 def test_app_id_format() -> None:
     assert app_id("team/scorers", "fraud-requests", 3) == "lakeserve/kafka/team/scorers/fraud-requests/3"
     assert app_id("team/scorers", "fraud-requests", 3).rsplit("/", 2)[1:] == ["fraud-requests", "3"]
+    with_id = app_id("team/scorers", "fraud-requests", 3, "9f3c")
+    assert with_id == "lakeserve/kafka/team/scorers/fraud-requests#9f3c/3"
+    assert with_id.rsplit("/", 2)[1].split("#") == ["fraud-requests", "9f3c"]
     with pytest.raises(ConfigError):
         app_id("g", "bad/topic", 0)
     with pytest.raises(ConfigError):

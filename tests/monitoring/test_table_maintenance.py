@@ -10,7 +10,8 @@ import pytest
 from deltalake import DeltaTable
 
 from lakeserve.errors import ComponentError, ConfigError
-from lakeserve.monitoring.delta_writer import DeltaInferenceWriter, app_id
+from lakeserve.monitoring.delta_writer import DeltaInferenceWriter
+from lakeserve.monitoring.inference_log import app_id
 from lakeserve.monitoring.inference_rows import to_arrow
 from lakeserve.monitoring.table_maintenance import optimize_table
 from lakeserve.monitoring.table_schema import inference_schema

@@ -120,7 +120,7 @@ def running(settings: Settings) -> Iterator[Worker]:
     thread = threading.Thread(target=run, name=f"worker-{uuid.uuid4().hex[:6]}", daemon=True)
     thread.start()
     deadline = time.monotonic() + 60
-    while not worker.loop.logged and not errors:
+    while not worker.loop.log.owned() and not errors:
         assert time.monotonic() < deadline, "the worker was not assigned partitions in 60 s"
         threading.Event().wait(0.05)
     try:
@@ -186,3 +186,70 @@ def produce_tracked(settings: Settings, bodies: list[bytes]) -> list[tuple[int, 
     positions = [(f.get(timeout=30).partition, f.get(timeout=30).offset) for f in futures]
     producer.close()
     return positions
+
+
+GOOD = {"customer_id": 7, "amount": 12.5, "merchant_category": "grocery", "hour_of_day": 10, "is_online": 0}
+
+
+def register_model(settings: Settings, python_model: Any, name: str) -> str:
+    """Register ``python_model`` (a class of ``lakeserve.scoring.testing_models``) under ``name``,
+    reading the v1 feature service; returns its version."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    from lakeserve.features import demo_repo
+
+    mlflow.set_tracking_uri(settings.mlflow.tracking_uri)
+    mlflow.set_registry_uri(settings.mlflow.registry_uri)
+    example = pd.DataFrame([{
+        **{k: v for k, v in GOOD.items() if k != "customer_id"},
+        "customer_age": 30, "account_age_days": 100, "avg_amount_30d": 20.0, "txn_count_7d": 3, "chargeback_rate": 0.01,
+    }])  # fmt: skip
+    signature = infer_signature(example, python_model.predict(None, example))
+    with mlflow.start_run():
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=python_model,
+            signature=signature,
+            registered_model_name=name,
+            metadata={"lakeserve": {"feature_service": demo_repo.SERVICE_V1, "entity_keys": ["customer_id"]}},
+        )
+    return str(info.registered_model_version)
+
+
+def body(**fields: Any) -> bytes:
+    return json.dumps({"dataframe_records": [{**GOOD, **fields}]}).encode()
+
+
+def topic_id(settings: Settings, topic: str | None = None) -> str | None:
+    """The broker's id of ``topic`` (the requests topic by default), as request ids use it."""
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(**settings.kafka.client_options())
+    try:
+        described = admin.describe_topics([topic or settings.kafka.requests_topic])
+    finally:
+        admin.close()
+    return str(described[0]["topic_id"])
+
+
+@contextmanager
+def broker_hung(settings: Settings) -> Iterator[None]:
+    """The session's broker process stopped (SIGSTOP): connections stay open, nothing answers.
+    On the way out it is continued and answering again, for the tests that follow."""
+    import os
+    import signal
+
+    from lakeserve.pipelines.embedded.kafka import list_topics
+    from lakeserve.pipelines.embedded.stack import Stack
+
+    pid = next(s.pid for s in Stack(settings).status() if s.name == "kafka")
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        deadline = time.monotonic() + 120
+        while list_topics(settings.kafka) is None:
+            assert time.monotonic() < deadline, "the broker did not come back after SIGCONT"

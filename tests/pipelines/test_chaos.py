@@ -9,7 +9,7 @@ import signal
 import threading
 
 import pandas as pd
-from conftest_helpers import ResponseCollector, produce_tracked, settings_for, table_rows
+from conftest_helpers import ResponseCollector, produce_tracked, settings_for, table_rows, topic_id
 
 from lakeserve.jobs.demo_data import request_bodies
 from lakeserve.pipelines.kafka_source import request_id
@@ -50,7 +50,8 @@ def test_sigkilled_workers_lose_nothing_and_log_once(stack: Settings, demo_asset
         collector.close()
 
     assert not runner.is_alive(), "the supervisor could not stop its workers"
-    expected = {request_id(settings.kafka.group_id, settings.kafka.requests_topic, p, o) for p, o in positions}
+    group, topic, identity = settings.kafka.group_id, settings.kafka.requests_topic, topic_id(settings)
+    expected = {request_id(group, topic, p, o, identity) for p, o in positions}
     assert len(killed) == KILLS
     assert supervisor.restarts >= KILLS
     assert set(collector.counts) == expected  # every request answered at least once
