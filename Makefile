@@ -18,8 +18,9 @@ test: install lint typecheck     ## ruff, mypy and the whole test suite against 
 lint: install
 	$(BIN)/ruff check .
 
-typecheck: install build/types/lakeserve
-	MYPYPATH=build/types $(BIN)/mypy -p lakeserve
+typecheck: install               ## mypy and pyright, from the plain editable install (lakeserve/* links)
+	$(BIN)/mypy -p lakeserve
+	$(BIN)/pyright
 
 install: $(STAMP)
 
@@ -29,12 +30,6 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip uv
 	$(BIN)/uv pip install --python $(BIN)/python -q -e '.[dev]'
 	touch $@
-
-# mypy cannot follow setuptools' editable import hook; it reads the namespace through links.
-build/types/lakeserve:
-	mkdir -p $@
-	for f in lakeserve/*; do ln -sfn ../../../$$f $@/; done
-	for d in pipelines features scoring monitoring jobs; do ln -sfn ../../../$$d $@/$$d; done
 
 clean:
 	rm -rf $(VENV) build .lakeserve

@@ -34,7 +34,7 @@ from typing import Any
 from lakeserve.features import demo_repo
 from lakeserve.jobs import demo_data
 from lakeserve.jobs.batch_score import BatchOptions, run_batch_score
-from lakeserve.pipelines.settings import Settings, load_settings
+from lakeserve.settings import Settings, load_settings
 
 
 def main() -> None:

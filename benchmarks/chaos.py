@@ -47,8 +47,8 @@ from deltalake import DeltaTable
 from benchmarks.stream_throughput import AnswerCollector, bench_settings, keys_of, produce, topics_for
 from lakeserve.jobs.demo_data import request_bodies
 from lakeserve.pipelines.embedded.kafka import KafkaBroker
-from lakeserve.pipelines.settings import Settings
-from lakeserve.pipelines.workers import Supervisor
+from lakeserve.pipelines.supervisor import Supervisor
+from lakeserve.settings import Settings
 
 log = logging.getLogger("chaos")
 Fault = Callable[[Settings, Supervisor, KafkaBroker], contextlib.AbstractContextManager[None]]

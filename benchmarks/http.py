@@ -38,7 +38,7 @@ import yaml
 from lakeserve.features import demo_repo
 from lakeserve.jobs.demo import prepare_assets
 from lakeserve.pipelines.embedded.stack import Stack
-from lakeserve.pipelines.settings import Settings, load_settings
+from lakeserve.settings import Settings, load_settings
 
 STATE = Path(tempfile.gettempdir()) / "lakeserve-bench-http"
 OURS_PORT, MLFLOW_PORT = 28080, 28081
@@ -144,7 +144,7 @@ def run(levels: list[int], total: int, waits: list[int]) -> list[dict[str, Any]]
 def _lakeserve_rows(
     config: Path, base: Settings, body: bytes, levels: list[int], total: int, wait: int
 ) -> list[dict[str, Any]]:
-    cmd = [sys.executable, "-m", "lakeserve.pipelines.cli", "--config", str(config), "--log-level", "WARNING",
+    cmd = [sys.executable, "-m", "lakeserve.cli", "--config", str(config), "--log-level", "WARNING",
            "serve", "--http", "--workers", "0", "--port", str(OURS_PORT)]  # fmt: skip
     url = f"http://127.0.0.1:{OURS_PORT}/serving-endpoints/{base.endpoint.name}/invocations"
     with process(cmd, f"http://127.0.0.1:{OURS_PORT}/ready"):

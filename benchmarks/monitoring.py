@@ -38,10 +38,11 @@ import numpy as np
 import pyarrow as pa
 
 from lakeserve.jobs.monitor import MonitorTables, run_monitor
-from lakeserve.jobs.settings import MonitorSettings, SparkSettings
+from lakeserve.jobs.settings import SparkSettings
 from lakeserve.monitoring.evidently_report import column_verdicts
+from lakeserve.monitoring.settings import MonitorSettings
 from lakeserve.monitoring.synthetic import EntitySpec, SyntheticSpec, synthetic_inference
-from lakeserve.pipelines.settings import load_settings
+from lakeserve.settings import load_settings
 
 NUMERIC = [*(f"num_{i}" for i in range(15)), "n_items"]
 CATEGORICAL = [f"cat_{i}" for i in range(4)]

@@ -54,8 +54,8 @@ from lakeserve.features import demo_repo
 from lakeserve.jobs.demo_data import request_bodies
 from lakeserve.pipelines.embedded.kafka import KafkaBroker, ensure_topics
 from lakeserve.pipelines.kafka_settings import KafkaSettings
-from lakeserve.pipelines.settings import Settings, load_settings
-from lakeserve.pipelines.workers import WorkerLink
+from lakeserve.pipelines.supervisor import WorkerLink
+from lakeserve.settings import Settings, load_settings
 
 log = logging.getLogger("stream_throughput")
 SPAWN = mp.get_context("spawn")
@@ -433,7 +433,7 @@ def lakeserve_main(stats_dir: Path, profile_from: Any, settings: Settings, link:
     With ``profile_from`` (an event), micro-batches run one by one until it is set (the warm-up),
     then the loop runs under cProfile and the profile is written beside the stats.
     """
-    from lakeserve.pipelines.service import build_worker
+    from lakeserve.pipelines.worker import build_worker
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s [worker] %(name)s: %(message)s")
     local = link.stop_event()
@@ -470,7 +470,7 @@ def child(target: Callable[..., None], *args: Any) -> Iterator[None]:
 @contextlib.contextmanager
 def lakeserve_workers(settings: Settings, count: int, stats_dir: Path, profile_from: Any = None) -> Iterator[None]:
     """``Supervisor`` (what ``lakeserve serve --workers N`` runs) with our worker entry point."""
-    from lakeserve.pipelines.workers import Supervisor
+    from lakeserve.pipelines.supervisor import Supervisor
 
     stats_dir.mkdir(parents=True, exist_ok=True)
     supervisor = Supervisor(settings, count, target=functools.partial(lakeserve_main, stats_dir, profile_from))

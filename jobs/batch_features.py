@@ -22,7 +22,7 @@ from lakeserve.features.offline import (
     historical_features,
     spark_offline_store,
 )
-from lakeserve.pipelines.settings import Settings
+from lakeserve.jobs.settings import JobSettings
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -34,7 +34,7 @@ _RESERVED = {EVENT_TIMESTAMP, "entity_timestamp"}  # names Feast's join query us
 
 
 def resolve_feature_tables(
-    spark: SparkSession, settings: Settings, views: Sequence[str], given: Mapping[str, str]
+    spark: SparkSession, settings: JobSettings, views: Sequence[str], given: Mapping[str, str]
 ) -> dict[str, DeltaFeatureTable]:
     """The Delta table of each view (``given[view]``, else ``settings.table_uri(view)``), at its
     latest version, pinned for the whole run."""
@@ -64,7 +64,7 @@ def delta_version(spark: SparkSession, uri: str) -> int:
 
 def join_features(
     spark: SparkSession,
-    settings: Settings,
+    settings: JobSettings,
     frame: DataFrame,
     services: Sequence[ServiceFeatures],
     tables: Mapping[str, DeltaFeatureTable],

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from lakeserve.errors import ComponentError, ConfigError
 from lakeserve.jobs.batch_features import delta_version
-from lakeserve.pipelines.settings import Settings
+from lakeserve.jobs.settings import JobSettings
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def resolve_uri(settings: Settings, name: str) -> str:
+def resolve_uri(settings: JobSettings, name: str) -> str:
     """A path or URI as given; a bare table name lives beside the inference table."""
     return name if "/" in name or ":" in name else settings.table_uri(name)
 

@@ -19,9 +19,7 @@ from spark-submit or cron; the cluster is whatever ``spark.master`` names.
 
 from __future__ import annotations
 
-import argparse
 import logging
-import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -32,7 +30,7 @@ from typing import TYPE_CHECKING
 
 from lakeserve.errors import ConfigError, LakeserveError
 from lakeserve.features.offline import ServiceFeatures, describe_services
-from lakeserve.jobs.batch_args import BatchOptions, add_batch_arguments, options_from_args
+from lakeserve.jobs.batch_args import BatchOptions
 from lakeserve.jobs.batch_features import delta_version, join_features, resolve_feature_tables
 from lakeserve.jobs.batch_io import progress, read_input, resolve_uri, write_output
 from lakeserve.jobs.batch_models import RowsFailed, score_partition
@@ -45,7 +43,7 @@ from lakeserve.jobs.batch_plan import (
     ScoringPlan,
     load_models,
 )
-from lakeserve.pipelines.settings import Settings
+from lakeserve.jobs.settings import JobSettings
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -78,7 +76,7 @@ class BatchReport:
 
 
 def run_batch_score(
-    spark: SparkSession, settings: Settings, input: str, output: str, options: BatchOptions | None = None
+    spark: SparkSession, settings: JobSettings, input: str, output: str, options: BatchOptions | None = None
 ) -> BatchReport:
     """Score every row of ``input`` into ``output`` (paths, URIs or table names); see module doc."""
     opts = options or BatchOptions()
@@ -101,7 +99,7 @@ def run_batch_score(
 
 
 def _features(
-    spark: SparkSession, settings: Settings, frame: DataFrame, loaded: LoadedModels, opts: BatchOptions
+    spark: SparkSession, settings: JobSettings, frame: DataFrame, loaded: LoadedModels, opts: BatchOptions
 ) -> tuple[DataFrame, ScoringPlan, dict[str, int]]:
     from pyspark.sql import functions as sf
 
@@ -137,7 +135,7 @@ def _service_fields(
 
 
 def _joined(
-    spark: SparkSession, settings: Settings, frame: DataFrame, services: Sequence[ServiceFeatures],
+    spark: SparkSession, settings: JobSettings, frame: DataFrame, services: Sequence[ServiceFeatures],
     opts: BatchOptions, features: list[str],
 ) -> tuple[DataFrame, tuple[str, ...], dict[str, int]]:  # fmt: skip
     if not services:
@@ -237,35 +235,3 @@ def _stage(timings: dict[str, float], name: str, what: str) -> Iterator[None]:
     finally:
         timings[name] = round(time.monotonic() - start, 2)
         log.info("batch-score: %s done in %.1f s", name, timings[name])
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m lakeserve.jobs.batch_score", description=__doc__.splitlines()[0])
-    p.add_argument("--config", help="settings YAML (default: $LAKESERVE_CONFIG or ./lakeserve.yaml)")
-    return add_batch_arguments(p)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point for spark-submit and cron: 0 on success, 1 on a lakeserve error."""
-    from lakeserve.jobs.spark import spark_session
-    from lakeserve.pipelines.settings import load_settings
-
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("lakeserve").setLevel(logging.INFO)  # progress lines; third parties stay quiet
-    args = _parser().parse_args(argv)
-    try:
-        settings = load_settings(args.config)
-        spark = spark_session(settings.spark, ivy_dir=settings.stack.cache_dir / "ivy")
-        try:
-            report = run_batch_score(spark, settings, args.input, args.output, options_from_args(args))
-        finally:
-            spark.stop()
-    except LakeserveError as exc:
-        print(f"batch-score failed: {exc}", file=sys.stderr)
-        return 1
-    print(f"{report.output} v{report.output_version}: {format_report(report)}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

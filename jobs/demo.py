@@ -20,7 +20,7 @@ import pandas as pd
 from lakeserve.features import demo_repo
 from lakeserve.features.store import apply_definitions, feature_store
 from lakeserve.jobs import demo_data, demo_models
-from lakeserve.pipelines.settings import Settings
+from lakeserve.jobs.settings import JobSettings
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ class DemoReport:
     timings_s: dict[str, float] = field(default_factory=dict)
 
 
-def prepare_assets(settings: Settings, report: DemoReport | None = None) -> DemoReport:
+def prepare_assets(settings: JobSettings, report: DemoReport | None = None) -> DemoReport:
     """Data, feature registration and materialization, models: what the service needs to run."""
     report = report or DemoReport()
     data_dir = settings.stack.state_dir / "demo"

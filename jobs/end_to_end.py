@@ -25,10 +25,17 @@ from typing import Any
 import numpy as np
 
 from lakeserve.jobs import demo_data
+from lakeserve.jobs.ab_analysis import output_locations, run_ab
+from lakeserve.jobs.batch_score import run_batch_score
 from lakeserve.jobs.demo import DemoReport, prepare_assets
 from lakeserve.jobs.demo_traffic import Traffic, TrafficReport
+from lakeserve.jobs.monitor import run_monitor
+from lakeserve.jobs.monitor_steps import MonitorTables
+from lakeserve.jobs.notebooks import execute_notebooks
+from lakeserve.jobs.settings import JobSettings
+from lakeserve.jobs.spark import spark_session
 from lakeserve.pipelines.embedded.stack import Stack
-from lakeserve.pipelines.settings import Settings
+from lakeserve.pipelines.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +57,7 @@ class MainReport:
     timings_s: dict[str, float] = field(default_factory=dict)
 
 
-def run_main_job(settings: Settings, *, keep_up: bool = False, workers: int = 2) -> MainReport:
+def run_main_job(settings: JobSettings, *, keep_up: bool = False, workers: int = 2) -> MainReport:
     report = MainReport()
     stack = Stack(settings)
     with _step(report, "stack up"):
@@ -77,7 +84,7 @@ def run_main_job(settings: Settings, *, keep_up: bool = False, workers: int = 2)
     return report
 
 
-def _with_baseline(settings: Settings) -> Settings:
+def _with_baseline(settings: JobSettings) -> JobSettings:
     """The monitor compares the stream with the batch scores of the training transactions."""
     if settings.monitor.baseline_table is not None:
         return settings
@@ -85,23 +92,20 @@ def _with_baseline(settings: Settings) -> Settings:
     return settings.model_copy(update={"monitor": monitor})
 
 
-def _batch_output(settings: Settings) -> str:
+def _batch_output(settings: JobSettings) -> str:
     return settings.table_uri(f"{settings.endpoint.auto_capture_config.table_name_prefix}_batch_scores")
 
 
-def _batch(settings: Settings) -> Any:
-    from lakeserve.jobs.batch_score import run_batch_score
-    from lakeserve.jobs.spark import spark_session
+def _batch(settings: JobSettings) -> Any:
 
     spark = spark_session(settings.spark, ivy_dir=settings.stack.cache_dir / "ivy")
     source = str(settings.stack.state_dir / "demo" / "transactions.parquet")
     return run_batch_score(spark, settings, source, _batch_output(settings))
 
 
-def _stream(settings: Settings, workers: int) -> TrafficReport:
+def _stream(settings: JobSettings, workers: int) -> TrafficReport:
     import pandas as pd
 
-    from lakeserve.pipelines.workers import Supervisor
 
     customers = pd.read_parquet(settings.stack.state_dir / "demo" / "customers.parquet")
     run_id = uuid.uuid4().hex[:8]
@@ -131,34 +135,26 @@ def _count_rows(uri: str) -> int:
     return int(DeltaTable(uri).count())
 
 
-def _monitor(settings: Settings) -> Any:
-    from lakeserve.jobs.monitor import run_monitor
-    from lakeserve.jobs.monitor_steps import MonitorTables
-    from lakeserve.jobs.spark import spark_session
+def _monitor(settings: JobSettings) -> Any:
 
     spark = spark_session(settings.spark, ivy_dir=settings.stack.cache_dir / "ivy")
     tables = MonitorTables.beside(settings.inference_table_uri, settings.monitor)
     return run_monitor(spark, settings.monitor, tables)
 
 
-def _ab(settings: Settings) -> Any:
-    from lakeserve.jobs.ab_test import output_locations, run_ab
-    from lakeserve.jobs.spark import spark_session
+def _ab(settings: JobSettings) -> Any:
 
     spark = spark_session(settings.spark, ivy_dir=settings.stack.cache_dir / "ivy")
     output, markdown = output_locations(settings)
     return run_ab(spark, settings.ab, settings.inference_table_uri, output, markdown)
 
 
-def _notebooks(settings: Settings) -> list[Path]:
-    from lakeserve.jobs.notebooks import execute_notebooks
+def _notebooks(settings: JobSettings) -> list[Path]:
 
     return execute_notebooks(settings, settings.stack.state_dir / "notebooks")
 
 
-def _locations(settings: Settings, report: MainReport) -> dict[str, str]:
-    from lakeserve.jobs.ab_test import output_locations
-    from lakeserve.jobs.monitor_steps import MonitorTables
+def _locations(settings: JobSettings, report: MainReport) -> dict[str, str]:
 
     tables = MonitorTables.beside(settings.inference_table_uri, settings.monitor)
     output, markdown = output_locations(settings)

@@ -17,16 +17,14 @@ Entry point: ``python -m lakeserve.jobs.monitor --config lakeserve.yaml [--full-
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import logging
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lakeserve.errors import ComponentError
 from lakeserve.jobs.monitor_steps import (
     MonitorTables,
     RunContext,
@@ -36,16 +34,27 @@ from lakeserve.jobs.monitor_steps import (
     write_drift,
     write_profile,
 )
-from lakeserve.jobs.settings import MonitorSettings
-from lakeserve.monitoring import drift_pairs as dp
-from lakeserve.monitoring import metrics_tables as mt
-from lakeserve.monitoring import profile as pf
+from lakeserve.jobs.settings import JobSettings
+from lakeserve.jobs.spark import spark_session
+from lakeserve.monitoring.drift_pairs import WS, WindowPlan, keys_frame, plan_windows
+from lakeserve.monitoring.metrics_tables import WindowKey, stored_fingerprints
+from lakeserve.monitoring.profile import (
+    LABEL,
+    MODEL,
+    PROBA,
+    ROW_HASH,
+    TS,
+    Columns,
+    monitored_columns,
+    with_slices,
+    with_windows,
+)
+from lakeserve.monitoring.settings import MonitorSettings
 from lakeserve.monitoring.windows import parse_granularity
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
-    from lakeserve.pipelines.settings import Settings
 
 log = logging.getLogger("lakeserve.jobs.monitor")
 
@@ -81,14 +90,14 @@ def run_monitor(
     summary = MonitorSummary()
     base, columns = _load(spark, cfg, tables)
     run = RunContext(spark, cfg, tables, {g: parse_granularity(g) for g in cfg.granularities}, columns)
-    windowed = pf.with_windows(base, list(run.grans.values())).withColumn(dp.WS, _ws())
+    windowed = with_windows(base, list(run.grans.values())).withColumn(WS, _ws())
     current = _fingerprints(windowed, _config_hash(run))
-    stored = {} if full_refresh else mt.stored_fingerprints(spark, tables.profile)
+    stored = {} if full_refresh else stored_fingerprints(spark, tables.profile)
     changed = [k for k, fp in current.items() if stored.get(k) != fp]
     summary.windows_total = len(current)
     log.info("monitor: %d windows, %d new or changed", len(current), len(changed))
     if changed:
-        plan = dp.plan_windows(current, changed, run.grans)
+        plan = plan_windows(current, changed, run.grans)
         _process(run, windowed, plan, current, summary)
     summary.seconds = time.monotonic() - began
     log.info("monitor: done in %.1f s, %d drifted pairs", summary.seconds, len(summary.flags))
@@ -104,23 +113,23 @@ def _ws() -> Any:
 def _process(
     run: RunContext,
     windowed: DataFrame,
-    plan: dp.WindowPlan,
-    fps: dict[mt.WindowKey, str],
+    plan: WindowPlan,
+    fps: dict[WindowKey, str],
     summary: MonitorSummary,
 ) -> None:
     from pyspark import StorageLevel
     from pyspark.sql import functions as sf
 
-    needed = sf.broadcast(dp.keys_frame(run.spark, plan.needed))
-    expanded = pf.with_slices(
-        windowed.join(needed, ["granularity", dp.WS, "model_id"]), run.cfg.slicing_exprs
+    needed = sf.broadcast(keys_frame(run.spark, plan.needed))
+    expanded = with_slices(
+        windowed.join(needed, ["granularity", WS, "model_id"]), run.cfg.slicing_exprs
     )
     expanded = expanded.persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        changed = sf.broadcast(dp.keys_frame(run.spark, plan.changed))
+        changed = sf.broadcast(keys_frame(run.spark, plan.changed))
         log.info("monitor: step 1/3 profile of %d windows", len(plan.changed))
         summary.profile_rows = write_profile(
-            run, expanded.join(changed, ["granularity", dp.WS, "model_id"]), fps
+            run, expanded.join(changed, ["granularity", WS, "model_id"]), fps
         )
         log.info("monitor: step 2/3 drift of %d windows", len(plan.targets))
         rows = drift_rows(run, expanded, plan)
@@ -138,7 +147,7 @@ def _process(
         expanded.unpersist()
 
 
-def _latest(run: RunContext, fps: dict[mt.WindowKey, str]) -> list[mt.WindowKey]:
+def _latest(run: RunContext, fps: dict[WindowKey, str]) -> list[WindowKey]:
     """Each model's latest window of the first granularity."""
     first = run.cfg.granularities[0]
     latest: dict[str, int] = {}
@@ -152,11 +161,11 @@ def _flag_order(f: DriftFlag) -> tuple[str, str, datetime, str, str, str]:
     return (f.drift_type, f.granularity, f.window_start, f.model_id, f.slice_key or "", f.column_name)
 
 
-def _load(spark: SparkSession, cfg: MonitorSettings, tables: MonitorTables) -> tuple[DataFrame, pf.Columns]:
+def _load(spark: SparkSession, cfg: MonitorSettings, tables: MonitorTables) -> tuple[DataFrame, Columns]:
     from pyspark.sql import functions as sf
 
     df = _read_delta(spark, tables.inference)
-    columns = pf.monitored_columns(df.schema, cfg)
+    columns = monitored_columns(df.schema, cfg)
     if not cfg.include_errors:
         df = df.where(sf.col("status_code") == 200)
     df = _with_labels(spark, df, cfg, tables)
@@ -165,16 +174,16 @@ def _load(spark: SparkSession, cfg: MonitorSettings, tables: MonitorTables) -> t
     hashed = [
         sf.col("request_id"),
         sf.col("record_index"),
-        sf.col(pf.LABEL),
+        sf.col(LABEL),
         *[sf.col(f"`{c}`") for c in columns.all],
     ]
     df = (
-        df.withColumn(pf.TS, sf.col(f"`{cfg.timestamp_col}`").cast("timestamp"))
-        .withColumn(pf.MODEL, model)
-        .withColumn(pf.PROBA, proba.cast("double"))
-        .withColumn(pf.ROW_HASH, sf.pmod(sf.xxhash64(*hashed), sf.lit(2_147_483_647)))
+        df.withColumn(TS, sf.col(f"`{cfg.timestamp_col}`").cast("timestamp"))
+        .withColumn(MODEL, model)
+        .withColumn(PROBA, proba.cast("double"))
+        .withColumn(ROW_HASH, sf.pmod(sf.xxhash64(*hashed), sf.lit(2_147_483_647)))
     )
-    return df.where(sf.col(pf.TS).isNotNull()), columns
+    return df.where(sf.col(TS).isNotNull()), columns
 
 
 def _with_labels(
@@ -183,19 +192,18 @@ def _with_labels(
     from pyspark.sql import functions as sf
 
     if cfg.label_col is None:
-        return df.withColumn(pf.LABEL, sf.lit(None).cast("string"))
+        return df.withColumn(LABEL, sf.lit(None).cast("string"))
     if tables.labels is None:
-        return df.withColumn(pf.LABEL, sf.col(f"`{cfg.label_col}`"))
+        return df.withColumn(LABEL, sf.col(f"`{cfg.label_col}`"))
     labels = (
         _read_delta(spark, tables.labels)
         .groupBy("request_id", "record_index")
-        .agg(sf.first(sf.col(f"`{cfg.label_col}`"), ignorenulls=True).alias(pf.LABEL))
+        .agg(sf.first(sf.col(f"`{cfg.label_col}`"), ignorenulls=True).alias(LABEL))
     )
     return df.join(labels, ["request_id", "record_index"], "left")
 
 
 def _read_delta(spark: SparkSession, uri: str) -> DataFrame:
-    from lakeserve.errors import ComponentError
 
     try:
         return spark.read.format("delta").load(uri)
@@ -215,15 +223,15 @@ def _config_hash(run: RunContext) -> str:
     return hashlib.sha256(f"{cfg}|{run.tables.baseline}@{version}".encode()).hexdigest()[:12]
 
 
-def _fingerprints(windowed: DataFrame, config_hash: str) -> dict[mt.WindowKey, str]:
+def _fingerprints(windowed: DataFrame, config_hash: str) -> dict[WindowKey, str]:
     from pyspark.sql import functions as sf
 
     rows = (
-        windowed.groupBy("granularity", dp.WS, "model_id")
-        .agg(sf.count(sf.lit(1)).alias("n"), sf.sum(pf.ROW_HASH).alias("h"))
+        windowed.groupBy("granularity", WS, "model_id")
+        .agg(sf.count(sf.lit(1)).alias("n"), sf.sum(ROW_HASH).alias("h"))
         .collect()
     )
-    return {(r.granularity, int(r[dp.WS]), r.model_id): f"{r.n}:{r.h}:{config_hash}" for r in rows}
+    return {(r.granularity, int(r[WS]), r.model_id): f"{r.n}:{r.h}:{config_hash}" for r in rows}
 
 
 def _flag(row: dict[str, Any]) -> DriftFlag:
@@ -238,26 +246,12 @@ def _flag(row: dict[str, Any]) -> DriftFlag:
     )
 
 
-def run_from_settings(settings: Settings, *, full_refresh: bool = False) -> str:
+def run_from_settings(settings: JobSettings, *, full_refresh: bool = False) -> str:
     """One monitor run over the endpoint's inference table; returns the printed summary."""
-    from lakeserve.jobs.spark import spark_session
 
     tables = MonitorTables.beside(settings.inference_table_uri, settings.monitor)
     spark = spark_session(settings.spark, ivy_dir=settings.stack.cache_dir / "ivy")
     return format_summary(run_monitor(spark, settings.monitor, tables, full_refresh=full_refresh))
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m lakeserve.jobs.monitor --config FILE [--full-refresh]``: one run, summary printed."""
-    from lakeserve.pipelines.settings import load_settings
-
-    parser = argparse.ArgumentParser(prog="lakeserve.jobs.monitor", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", type=Path, default=None, help="settings YAML (else $LAKESERVE_CONFIG)")
-    parser.add_argument("--full-refresh", action="store_true", help="recompute every window")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    print(run_from_settings(load_settings(args.config), full_refresh=args.full_refresh))
-    return 0
 
 
 def format_summary(s: MonitorSummary) -> str:
@@ -273,7 +267,3 @@ def format_summary(s: MonitorSummary) -> str:
     lines += [f"report: {r}" for r in s.reports]
     lines += [f"DISAGREE {d}" for d in s.disagreements]
     return "\n".join(lines)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

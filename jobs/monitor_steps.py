@@ -10,21 +10,47 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lakeserve.errors import ConfigError
-from lakeserve.monitoring import drift as dr
-from lakeserve.monitoring import drift_cells as dc
-from lakeserve.monitoring import drift_pairs as dp
-from lakeserve.monitoring import metrics_tables as mt
-from lakeserve.monitoring import profile as pf
-from lakeserve.monitoring import quality as ql
+from lakeserve.monitoring.drift import pool_rare, top_categories
+from lakeserve.monitoring.drift_cells import cell_atoms, collect_errors, grid
+from lakeserve.monitoring.drift_pairs import (
+    CUR_KEYS,
+    WS,
+    SideErrors,
+    WindowPlan,
+    categorical_rows,
+    collect_counts,
+    numeric_pairs,
+    numeric_rows,
+)
+from lakeserve.monitoring.evidently_report import drift_report
+from lakeserve.monitoring.metrics_tables import (
+    DRIFT_DDL,
+    DRIFT_KEYS,
+    PROFILE_DDL,
+    PROFILE_KEYS,
+    TABLE_COLUMN,
+    WindowKey,
+    ddl_schema,
+    merge_rows,
+)
+from lakeserve.monitoring.profile import LABEL, PROBA, Columns, column_profiles, long_values, with_slices
+from lakeserve.monitoring.quality import (
+    Metrics,
+    classification_metrics,
+    confusion_counts,
+    regression_metrics,
+    regression_sums,
+    roc_auc,
+)
+from lakeserve.monitoring.settings import MonitorSettings
 from lakeserve.monitoring.windows import Granularity, shift_start
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
-    from lakeserve.jobs.settings import MonitorSettings
 
 log = logging.getLogger("lakeserve.jobs.monitor")
-KEYS = ["granularity", dp.WS, "model_id", "slice_key", "slice_value"]
+KEYS = ["granularity", WS, "model_id", "slice_key", "slice_value"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,38 +85,38 @@ class RunContext:
     cfg: MonitorSettings
     tables: MonitorTables
     grans: dict[str, Granularity]
-    columns: pf.Columns
+    columns: Columns
 
 
-def write_profile(run: RunContext, changed: DataFrame, fps: Mapping[mt.WindowKey, str]) -> int:
+def write_profile(run: RunContext, changed: DataFrame, fps: Mapping[WindowKey, str]) -> int:
     """MERGE the per-column profiles and the ``:table`` rows of the changed windows."""
     table_rows = _table_rows(run, changed, fps)
-    frame = pf.column_profiles(changed, run.columns, run.cfg) if run.columns.all else None
-    rows = _frame(run.spark, table_rows, mt.PROFILE_DDL)
+    frame = column_profiles(changed, run.columns, run.cfg) if run.columns.all else None
+    rows = _frame(run.spark, table_rows, PROFILE_DDL)
     if frame is not None:
         rows = rows.unionByName(frame, allowMissingColumns=True)
-    mt.merge_rows(run.spark, rows, run.tables.profile, mt.PROFILE_KEYS, mt.PROFILE_DDL)
+    merge_rows(run.spark, rows, run.tables.profile, PROFILE_KEYS, PROFILE_DDL)
     return len(table_rows) * (1 + len(run.columns.all))
 
 
 def _frame(spark: SparkSession, rows: Sequence[Mapping[str, Any]], ddl: str) -> DataFrame:
-    schema = mt.schema(ddl)
+    schema = ddl_schema(ddl)
     names = schema.fieldNames()
     return spark.createDataFrame([tuple(r.get(n) for n in names) for r in rows], schema)
 
 
-def _table_rows(run: RunContext, df: DataFrame, fps: Mapping[mt.WindowKey, str]) -> list[dict[str, Any]]:
+def _table_rows(run: RunContext, df: DataFrame, fps: Mapping[WindowKey, str]) -> list[dict[str, Any]]:
     from pyspark.sql import functions as sf
 
     counts = (
-        df.groupBy(*KEYS).agg(sf.count(sf.lit(1)).alias("n"), sf.count(pf.LABEL).alias("labeled")).collect()
+        df.groupBy(*KEYS).agg(sf.count(sf.lit(1)).alias("n"), sf.count(LABEL).alias("labeled")).collect()
     )
-    quality = _quality(run, df.where(sf.col(pf.LABEL).isNotNull())) if run.cfg.label_col else {}
+    quality = _quality(run, df.where(sf.col(LABEL).isNotNull())) if run.cfg.label_col else {}
     rows = []
     for r in counts:
         key = tuple(r[k] for k in KEYS)
-        start = datetime.fromtimestamp(r[dp.WS], UTC)
-        window = (r.granularity, int(r[dp.WS]), r.model_id)
+        start = datetime.fromtimestamp(r[WS], UTC)
+        window = (r.granularity, int(r[WS]), r.model_id)
         rows.append(
             {
                 "granularity": r.granularity,
@@ -99,7 +125,7 @@ def _table_rows(run: RunContext, df: DataFrame, fps: Mapping[mt.WindowKey, str])
                 "model_id": r.model_id,
                 "slice_key": r.slice_key,
                 "slice_value": r.slice_value,
-                "column_name": mt.TABLE_COLUMN,
+                "column_name": TABLE_COLUMN,
                 "column_type": "table",
                 "count": int(r.n),
                 "labeled_count": int(r.labeled),
@@ -110,35 +136,35 @@ def _table_rows(run: RunContext, df: DataFrame, fps: Mapping[mt.WindowKey, str])
     return rows
 
 
-def _quality(run: RunContext, labeled: DataFrame) -> dict[tuple[Any, ...], ql.Metrics]:
+def _quality(run: RunContext, labeled: DataFrame) -> dict[tuple[Any, ...], Metrics]:
     cfg = run.cfg
     if cfg.prediction_col not in labeled.columns:
         raise ConfigError(f"monitor.prediction_col: {cfg.prediction_col!r} is not in the inference table")
     pred = f"`{cfg.prediction_col}`"
-    out: dict[tuple[Any, ...], ql.Metrics] = {}
+    out: dict[tuple[Any, ...], Metrics] = {}
     if cfg.problem_type == "regression":
-        for r in ql.regression_sums(labeled, KEYS, pf.LABEL, pred).collect():
+        for r in regression_sums(labeled, KEYS, LABEL, pred).collect():
             key = tuple(r[k] for k in KEYS)
-            out[key] = ql.regression_metrics(int(r.n), r.sum_abs, r.sum_sq, r.sum_y, r.sum_y2)
+            out[key] = regression_metrics(int(r.n), r.sum_abs, r.sum_sq, r.sum_y, r.sum_y2)
         return out
     confusion: dict[tuple[Any, ...], dict[tuple[str, str], int]] = {}
-    for r in ql.confusion_counts(labeled, KEYS, pf.LABEL, pred).collect():
+    for r in confusion_counts(labeled, KEYS, LABEL, pred).collect():
         confusion.setdefault(tuple(r[k] for k in KEYS), {})[(r.y, r.p)] = int(r.n)
-    out = {k: ql.classification_metrics(c, cfg.positive_label) for k, c in confusion.items()}
+    out = {k: classification_metrics(c, cfg.positive_label) for k, c in confusion.items()}
     if cfg.prediction_proba_col and cfg.positive_label is not None:
-        for r in ql.roc_auc(labeled, KEYS, pf.LABEL, pf.PROBA, cfg.positive_label).collect():
+        for r in roc_auc(labeled, KEYS, LABEL, PROBA, cfg.positive_label).collect():
             out.setdefault(tuple(r[k] for k in KEYS), {})["roc_auc"] = float(r.roc_auc)
     return out
 
 
-def drift_rows(run: RunContext, expanded: DataFrame, plan: dp.WindowPlan) -> list[dict[str, Any]]:
+def drift_rows(run: RunContext, expanded: DataFrame, plan: WindowPlan) -> list[dict[str, Any]]:
     """Drift rows (still keyed by ``__ls_ws``) of every pair of the plan's target windows."""
     rows: list[dict[str, Any]] = []
     baseline = _baseline(run)
     if run.columns.numeric:
         counts, base, errors = _numeric_counts(run, expanded, baseline)
-        stats, binned = dp.numeric_pairs(run.spark, counts, plan, base, run.cfg.psi_bins)
-        rows += dp.numeric_rows(stats, binned, run.cfg, plan, errors)
+        stats, binned = numeric_pairs(run.spark, counts, plan, base, run.cfg.psi_bins)
+        rows += numeric_rows(stats, binned, run.cfg, plan, errors)
     if run.columns.categorical:
         rows += _categorical(run, expanded, plan, baseline)
     log.info("monitor: %d drift rows, %d flagged", len(rows), sum(r["drift_detected"] for r in rows))
@@ -147,7 +173,7 @@ def drift_rows(run: RunContext, expanded: DataFrame, plan: dp.WindowPlan) -> lis
 
 def _numeric_counts(
     run: RunContext, expanded: DataFrame, baseline: DataFrame | None
-) -> tuple[DataFrame, DataFrame | None, dp.SideErrors]:
+) -> tuple[DataFrame, DataFrame | None, SideErrors]:
     """Per-value counts of the windows and the baseline; or, when one of them has more than
     ``drift_exact_max_rows`` rows, cell atoms of all of them on one grid per column
     (:mod:`~lakeserve.monitoring.drift_cells`) and what the atoms lose."""
@@ -155,55 +181,55 @@ def _numeric_counts(
 
     cols, limit = run.columns.numeric, run.cfg.drift_exact_max_rows
     whole = expanded.where(sf.col("slice_key").isNull())
-    sizes = [int(r["count"]) for r in whole.groupBy("granularity", dp.WS, "model_id").count().collect()]
+    sizes = [int(r["count"]) for r in whole.groupBy("granularity", WS, "model_id").count().collect()]
     base_whole = baseline.where(sf.col("slice_key").isNull()) if baseline is not None else None
     base_rows = base_whole.count() if base_whole is not None else 0
     if max([*sizes, base_rows]) <= limit:
         base = _value_counts(baseline, cols, _base_keys(baseline)) if baseline is not None else None
-        return _value_counts(expanded, cols, KEYS), base, dp.SideErrors()
+        return _value_counts(expanded, cols, KEYS), base, SideErrors()
 
     log.info("monitor: binned numeric drift on %d cells per column (over %d rows)", run.cfg.drift_cells, limit)
     quoted = [sf.col(f"`{c}`") for c in cols]
     sample = whole.select(*quoted)
     if base_whole is not None:
         sample = sample.unionByName(base_whole.select(*quoted))
-    edges = dc.grid(sample, cols, run.cfg.drift_cells, sum(sizes) + base_rows)
-    counts, errs = dc.cell_atoms(expanded, cols, KEYS, edges)
-    windows = dc.collect_errors(errs, KEYS)
+    edges = grid(sample, cols, run.cfg.drift_cells, sum(sizes) + base_rows)
+    counts, errs = cell_atoms(expanded, cols, KEYS, edges)
+    windows = collect_errors(errs, KEYS)
     if baseline is None:
-        return counts, None, dp.SideErrors(windows)
+        return counts, None, SideErrors(windows)
     bkeys = _base_keys(baseline)
-    base, b_errs = dc.cell_atoms(baseline, cols, bkeys, edges)
-    base_errors = {k if "model_id" in bkeys else (None, *k): e for k, e in dc.collect_errors(b_errs, bkeys).items()}
-    return counts, base, dp.SideErrors(windows, base_errors)
+    base, b_errs = cell_atoms(baseline, cols, bkeys, edges)
+    base_errors = {k if "model_id" in bkeys else (None, *k): e for k, e in collect_errors(b_errs, bkeys).items()}
+    return counts, base, SideErrors(windows, base_errors)
 
 
 def _value_counts(df: DataFrame, columns: Sequence[str], keys: Sequence[str]) -> DataFrame:
     """(keys, column_name, value, count) of the non-null values of the numeric ``columns``."""
     from pyspark.sql import functions as sf
 
-    long = pf.long_values(df, columns, keys, "numeric").where(sf.col("value").isNotNull())
+    long = long_values(df, columns, keys, "numeric").where(sf.col("value").isNotNull())
     return long.groupBy(*keys, "column_name", "value").count()
 
 
 def _categorical(
-    run: RunContext, expanded: DataFrame, plan: dp.WindowPlan, baseline: DataFrame | None
+    run: RunContext, expanded: DataFrame, plan: WindowPlan, baseline: DataFrame | None
 ) -> list[dict[str, Any]]:
     from pyspark.sql import functions as sf
 
-    long = pf.long_values(expanded, run.columns.categorical, KEYS, "categorical")
+    long = long_values(expanded, run.columns.categorical, KEYS, "categorical")
     whole = long.where(sf.col("slice_key").isNull() & (sf.col("granularity") == run.cfg.granularities[0]))
-    top = dr.top_categories(whole, run.cfg.max_categories).cache()
-    current = dp.collect_counts(dr.pool_rare(long, top), dp.CUR_KEYS)
+    top = top_categories(whole, run.cfg.max_categories).cache()
+    current = collect_counts(pool_rare(long, top), CUR_KEYS)
     base = None
     if baseline is not None:
         if "model_id" not in baseline.columns:
             baseline = baseline.withColumn("model_id", sf.lit(None).cast("string"))
         bkeys = ["model_id", "slice_key", "slice_value"]
-        b = pf.long_values(baseline, run.columns.categorical, bkeys, "categorical")
-        base = dp.collect_counts(dr.pool_rare(b, top), [*bkeys, "column_name"])
+        b = long_values(baseline, run.columns.categorical, bkeys, "categorical")
+        base = collect_counts(pool_rare(b, top), [*bkeys, "column_name"])
     top.unpersist()
-    return dp.categorical_rows(current, plan, base, run.cfg)
+    return categorical_rows(current, plan, base, run.cfg)
 
 
 def _base_keys(baseline: DataFrame) -> list[str]:
@@ -223,16 +249,16 @@ def _baseline(run: RunContext) -> DataFrame | None:
         df = df.withColumn(
             "model_id", sf.coalesce(sf.col(f"`{run.cfg.model_id_col}`").cast("string"), sf.lit(":unknown"))
         )
-    return pf.with_slices(df, run.cfg.slicing_exprs)
+    return with_slices(df, run.cfg.slicing_exprs)
 
 
-def finish_rows(run: RunContext, rows: list[dict[str, Any]], plan: dp.WindowPlan) -> list[dict[str, Any]]:
+def finish_rows(run: RunContext, rows: list[dict[str, Any]], plan: WindowPlan) -> list[dict[str, Any]]:
     """Replace the epoch-second key by window start/end and the reference window's start."""
     out = []
     for r in rows:
         g = run.grans[r["granularity"]]
-        start = datetime.fromtimestamp(r[dp.WS], UTC)
-        prev = plan.previous.get((r["granularity"], r[dp.WS], r["model_id"]))
+        start = datetime.fromtimestamp(r[WS], UTC)
+        prev = plan.previous.get((r["granularity"], r[WS], r["model_id"]))
         ref = datetime.fromtimestamp(prev[1], UTC) if prev and r["drift_type"] == "consecutive" else None
         out.append(
             {
@@ -247,20 +273,19 @@ def finish_rows(run: RunContext, rows: list[dict[str, Any]], plan: dp.WindowPlan
 
 def write_drift(run: RunContext, rows: list[dict[str, Any]]) -> None:
     if rows:
-        mt.merge_rows(
-            run.spark, _frame(run.spark, rows, mt.DRIFT_DDL), run.tables.drift, mt.DRIFT_KEYS, mt.DRIFT_DDL
+        merge_rows(
+            run.spark, _frame(run.spark, rows, DRIFT_DDL), run.tables.drift, DRIFT_KEYS, DRIFT_DDL
         )
 
 
 def attach_evidently(
     run: RunContext,
     windowed: DataFrame,
-    plan: dp.WindowPlan,
-    latest: Sequence[mt.WindowKey],
+    plan: WindowPlan,
+    latest: Sequence[WindowKey],
     rows: list[dict[str, Any]],
 ) -> tuple[list[str], list[str]]:
     """Report on each model's latest window when it was recomputed; returns (reports, disagreements)."""
-    from lakeserve.monitoring.evidently_report import drift_report
 
     reports: list[str] = []
     disagreements: list[str] = []
@@ -277,7 +302,7 @@ def attach_evidently(
         report = drift_report(current, reference, run.columns.numeric, run.columns.categorical, stem)
         reports.append(str(report.html_path))
         for r in rows:
-            if (r["granularity"], r[dp.WS], r["model_id"]) != key or r["slice_key"] is not None:
+            if (r["granularity"], r[WS], r["model_id"]) != key or r["slice_key"] is not None:
                 continue
             verdict = report.verdicts.get(r["column_name"])
             if r["drift_type"] != drift_type or verdict is None:
@@ -304,16 +329,16 @@ def _slug(text: str) -> str:
     return text.replace(" ", "_")
 
 
-def _window_rows(windowed: DataFrame, key: mt.WindowKey) -> DataFrame:
+def _window_rows(windowed: DataFrame, key: WindowKey) -> DataFrame:
     from pyspark.sql import functions as sf
 
     g, ws, model = key
     return windowed.where(
-        (sf.col("granularity") == g) & (sf.col(dp.WS) == ws) & (sf.col("model_id") == model)
+        (sf.col("granularity") == g) & (sf.col(WS) == ws) & (sf.col("model_id") == model)
     )
 
 
-def _evidently_reference(run: RunContext, windowed: DataFrame, plan: dp.WindowPlan, key: mt.WindowKey) -> Any:
+def _evidently_reference(run: RunContext, windowed: DataFrame, plan: WindowPlan, key: WindowKey) -> Any:
     from pyspark.sql import functions as sf
 
     baseline = _baseline(run)

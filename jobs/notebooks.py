@@ -11,17 +11,17 @@ import os
 from pathlib import Path
 
 from lakeserve.errors import ComponentError
-from lakeserve.pipelines.settings import Settings, write_settings
+from lakeserve.jobs.settings import JobSettings
+from lakeserve.pipelines.settings import write_settings
 
 
 def notebooks_dir() -> Path:
     """``notebooks/`` of the source tree (the folder beside ``jobs/``)."""
-    import lakeserve.jobs
 
-    return Path(lakeserve.jobs.__file__).resolve().parent.parent / "notebooks"
+    return Path(__file__).resolve().parent.parent / "notebooks"
 
 
-def execute_notebooks(settings: Settings, out_dir: Path, source: Path | None = None,
+def execute_notebooks(settings: JobSettings, out_dir: Path, source: Path | None = None,
                       timeout_s: int = 600) -> list[Path]:
     """Run every ``*.ipynb`` of ``source`` in order; returns the executed copies."""
     import nbformat

@@ -12,12 +12,12 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from lakeserve.errors import ConfigError
-from lakeserve.jobs.settings import ScheduleSettings
+from lakeserve.jobs import ab_analysis, monitor
+from lakeserve.jobs.settings import JobSettings, ScheduleSettings
 
 if TYPE_CHECKING:
     from apscheduler.schedulers.base import BaseScheduler
 
-    from lakeserve.pipelines.settings import Settings
 
 log = logging.getLogger("lakeserve.jobs.schedule")
 JobFn = Callable[[], object]
@@ -67,16 +67,15 @@ def _logged(name: str, fn: JobFn) -> Callable[[], None]:
     return run
 
 
-def settings_jobs(settings: Settings) -> dict[str, JobFn]:
+def settings_jobs(settings: JobSettings) -> dict[str, JobFn]:
     """The monitor and A/B jobs bound to one settings tree (they share one Spark session)."""
-    from lakeserve.jobs import ab_test, monitor
 
     return {
         "monitor": lambda: monitor.run_from_settings(settings),
-        "ab": lambda: ab_test.run_from_settings(settings),
+        "ab": lambda: ab_analysis.run_from_settings(settings),
     }
 
 
-def run_schedule(settings: Settings) -> None:
+def run_schedule(settings: JobSettings) -> None:
     """Block, running the jobs of ``settings.schedule`` on their cron expressions."""
     build_scheduler(settings.schedule, settings_jobs(settings)).start()

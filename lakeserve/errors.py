@@ -8,7 +8,11 @@ Serving know; the transports (Kafka, HTTP) translate it at the edge and nowhere 
 
 from __future__ import annotations
 
-from typing import ClassVar
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
 
 
 class LakeserveError(Exception):
@@ -17,6 +21,17 @@ class LakeserveError(Exception):
 
 class ConfigError(LakeserveError):
     """A setting is missing or breaks a rule; the message names the field."""
+
+
+def format_validation_error(exc: ValidationError, source: Path | None = None) -> str:
+    """One line per broken rule: ``endpoint.traffic_config: traffic percentages must sum to 100``."""
+    where = f" in {source}" if source is not None else ""
+    lines = [f"invalid settings{where}:"]
+    for err in exc.errors(include_url=False):
+        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+        msg = err["msg"].removeprefix("Value error, ")
+        lines.append(f"  {loc}: {msg}")
+    return "\n".join(lines)
 
 
 class ComponentError(LakeserveError):

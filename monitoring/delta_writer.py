@@ -148,6 +148,12 @@ def _delta_errors(action: str) -> Iterator[None]:
         raise CommitConflict(f"could not {action}: {exc}") from exc
     except (DeltaError, OSError, pa.ArrowException) as exc:
         raise ComponentError("delta", f"could not {action}: {exc}") from exc
+    except BaseException as exc:
+        # delta-rs turns a panic of its Rust side into pyo3's PanicException, a BaseException (seen
+        # when its object store failed mid-write: "Already shut down"): a failed write all the same
+        if type(exc).__name__ != "PanicException":
+            raise
+        raise ComponentError("delta", f"could not {action}: delta-rs panicked: {exc}") from exc
 
 
 class InMemoryInferenceWriter:

@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING, Any
 from lakeserve.monitoring.drift import categorical_drift, numeric_drift, numeric_pair_stats
 from lakeserve.monitoring.drift_cells import EXACT, SideError
 from lakeserve.monitoring.metrics_tables import WindowKey
+from lakeserve.monitoring.settings import MonitorSettings
 from lakeserve.monitoring.windows import Granularity, shift_start
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, Row, SparkSession
 
-    from lakeserve.jobs.settings import MonitorSettings
 
 WS = "__ls_ws"  # window start in epoch seconds
 SLICE = ["slice_key", "slice_value"]

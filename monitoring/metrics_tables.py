@@ -52,7 +52,7 @@ evidently_drift_detected BOOLEAN, evidently_method STRING, evidently_score DOUBL
 QUANTILE_LEVELS = [0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 1.0]
 
 
-def schema(ddl: str) -> StructType:
+def ddl_schema(ddl: str) -> StructType:
     from pyspark.sql.types import StructType
 
     parsed = StructType.fromDDL(" ".join(ddl.split()))
@@ -71,11 +71,11 @@ def merge_rows(spark: SparkSession, rows: DataFrame, uri: str, keys: list[str], 
     from delta.tables import DeltaTable
 
     try:
-        DeltaTable.createIfNotExists(spark).location(uri).addColumns(schema(ddl)).execute()
+        DeltaTable.createIfNotExists(spark).location(uri).addColumns(ddl_schema(ddl)).execute()
         _add_missing_columns(spark, DeltaTable.forPath(spark, uri), uri, ddl)
         target = DeltaTable.forPath(spark, uri)  # after any schema change: an older handle refuses MERGE
         cond = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
-        source = rows.select(*schema(ddl).fieldNames())
+        source = rows.select(*ddl_schema(ddl).fieldNames())
         target.alias("t").merge(source.alias("s"), cond).whenMatchedUpdateAll().whenNotMatchedInsertAll().execute()
     except Exception as exc:  # py4j / analysis errors arrive untyped
         raise ComponentError("delta", f"MERGE into {uri} failed: {exc}") from exc
@@ -84,7 +84,7 @@ def merge_rows(spark: SparkSession, rows: DataFrame, uri: str, keys: list[str], 
 def _add_missing_columns(spark: SparkSession, target: DeltaTable, uri: str, ddl: str) -> None:
     """Tables written by an older lakeserve lack the columns added since: add them (nullable)."""
     have = set(target.toDF().columns)
-    missing = [f for f in schema(ddl).fields if f.name not in have]
+    missing = [f for f in ddl_schema(ddl).fields if f.name not in have]
     if missing:
         cols = ", ".join(f"`{f.name}` {f.dataType.simpleString()}" for f in missing)
         spark.sql(f"ALTER TABLE delta.`{uri}` ADD COLUMNS ({cols})")

@@ -13,7 +13,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from lakeserve.errors import ConfigError
 from lakeserve.monitoring.metrics_tables import GROUP_KEYS, QUANTILE_LEVELS
+from lakeserve.monitoring.settings import MonitorSettings
 from lakeserve.monitoring.table_schema import BASE_COLUMNS
 from lakeserve.monitoring.windows import Granularity, next_window, window_start
 
@@ -21,7 +23,6 @@ if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame
     from pyspark.sql.types import StructType
 
-    from lakeserve.jobs.settings import MonitorSettings
 
 TS = "__ls_ts"
 MODEL = "model_id"
@@ -49,7 +50,6 @@ def monitored_columns(schema: StructType, cfg: MonitorSettings) -> Columns:
     wanted = cfg.columns if cfg.columns is not None else [n for n in types if n not in BASE_COLUMNS]
     missing = [c for c in wanted if c not in types]
     if missing:
-        from lakeserve.errors import ConfigError
 
         raise ConfigError(f"monitor.columns: not in the inference table: {missing}")
     numeric = [c for c in wanted if _is_numeric(types[c]) and c not in cfg.categorical_columns]

@@ -1,8 +1,13 @@
-"""The ``tables`` section: where Delta tables live and how the service batches its appends."""
+"""The sections monitoring owns: ``tables`` (where Delta tables live, how the service batches its
+appends), ``monitor`` (the InferenceLog profile) and ``ab`` (the A/B analysis)."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from lakeserve.monitoring.windows import parse_granularity
 
 
 class TablesSettings(BaseModel):
@@ -20,3 +25,88 @@ class TablesSettings(BaseModel):
         description="REST rows waiting while the table is down; beyond this the oldest are dropped and counted "
         "(Kafka rows are never dropped: consumption pauses instead)",
     )
+
+
+class MonitorSettings(BaseModel):
+    """The ``monitor`` section: an InferenceLog profile of the inference table (Lakehouse Monitoring shape).
+
+    Columns named here are columns of the inference table; ``label_col`` is read from
+    ``labels_table`` when one is given (joined on ``request_id``, ``record_index``), else from
+    the inference table itself.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    timestamp_col: str = "timestamp"
+    model_id_col: str = Field(default="served_entity", description="served entity or model version column")
+    prediction_col: str = "prediction"
+    label_col: str | None = Field(default=None, description="ground truth; enables model-quality metrics")
+    prediction_proba_col: str | None = Field(default=None, description="score of the positive class")
+    problem_type: Literal["classification", "regression"] = "classification"
+    positive_label: str | None = Field(
+        default=None, description="binary classification: the positive class; None: macro averages"
+    )
+    granularities: list[str] = Field(
+        default_factory=lambda: ["1 day"],
+        min_length=1,
+        description="window lengths: '<n> minute(s)|hour(s)|day(s)', '1 week' or '1 month' (as Databricks)",
+    )
+    columns: list[str] | None = Field(
+        default=None, description="columns to profile; default: every model input and the prediction"
+    )
+    categorical_columns: list[str] = Field(
+        default_factory=list, description="numeric columns to treat as categories (ids, codes)"
+    )
+    slicing_exprs: list[str] = Field(default_factory=list, description="SQL expressions, e.g. 'amount > 100'")
+    baseline_table: str | None = Field(default=None, description="URI of a Delta table with the same columns")
+    labels_table: str | None = Field(default=None, description="URI of a Delta table of late labels")
+    output_prefix: str | None = Field(
+        default=None, description="metrics tables: <prefix>_profile_metrics, _drift_metrics; default: table"
+    )
+    include_errors: bool = Field(default=False, description="profile rows whose status_code is not 200")
+    drift_p_value: float = Field(default=0.01, gt=0, lt=1, description="KS / chi-square significance level")
+    psi_threshold: float = Field(default=0.2, gt=0)
+    wasserstein_threshold: float = Field(default=0.2, gt=0, description="on Wasserstein / reference std")
+    js_threshold: float = Field(default=0.1, gt=0, le=1)
+    min_rows: int = Field(default=500, ge=1, description="pairs with fewer rows on a side are never flagged")
+    psi_bins: int = Field(default=10, ge=2, le=100)
+    drift_exact_max_rows: int = Field(
+        default=200_000,
+        ge=1,
+        description="windows (and a baseline) with more rows get binned KS/Wasserstein/PSI, with error bounds",
+    )
+    drift_cells: int = Field(default=2_000, ge=10, le=100_000, description="cells per numeric column when binned")
+    max_categories: int = Field(default=100, ge=2, description="rarer categories count as '__other__'")
+    quantile_accuracy: int = Field(default=10_000, ge=100, description="percentile_approx accuracy")
+    distinct_rsd: float = Field(default=0.02, gt=0, lt=0.4, description="approx_count_distinct error")
+    evidently: bool = Field(default=True, description="an Evidently report for each model's latest window")
+    evidently_max_rows: int = Field(default=50_000, ge=100, description="rows sampled per side for Evidently")
+
+    @model_validator(mode="after")
+    def _check(self) -> MonitorSettings:
+        for g in self.granularities:
+            parse_granularity(g)
+        if self.prediction_proba_col is not None and self.problem_type != "classification":
+            raise ValueError("prediction_proba_col is for classification only")
+        return self
+
+
+class AbSettings(BaseModel):
+    """The ``ab`` section: compare served entities over a period of the inference table."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    control: str | None = Field(default=None, description="control entity; default: the most traffic")
+    period_days: float = Field(default=7.0, gt=0, description="period ending now (or at --end)")
+    prediction_col: str = "prediction"
+    prediction_proba_col: str | None = None
+    label_col: str | None = None
+    labels_table: str | None = None
+    positive_label: str = "1"
+    include_shadow: bool = False
+    alpha: float = Field(default=0.05, gt=0, lt=1)
+    power: float = Field(default=0.8, gt=0, lt=1)
+    bootstrap_resamples: int = Field(default=1000, ge=100)
+    bootstrap_max_rows: int = Field(default=20_000, ge=100, description="rows sampled per arm")
+    seed: int = 0
+    output_table: str | None = Field(default=None, description="default: <table>_ab_results")

@@ -18,7 +18,7 @@ import uvicorn
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
-from lakeserve.errors import ConfigError
+from lakeserve.errors import ConfigError, format_validation_error
 from lakeserve.features.feast_lookup import FeastFeatureLookup
 from lakeserve.features.store import feature_store
 from lakeserve.monitoring.delta_writer import DeltaInferenceWriter
@@ -28,17 +28,10 @@ from lakeserve.pipelines.http_app import Scoring, create_app
 from lakeserve.pipelines.http_batcher import MicroBatcher
 from lakeserve.pipelines.http_logging import HttpTableLogger
 from lakeserve.pipelines.http_settings import HttpSettings
+from lakeserve.pipelines.inference_table import new_inference_log, row_format, table_schema
 from lakeserve.pipelines.metrics import ServiceMetrics
-from lakeserve.pipelines.service import (
-    apply_pending_update,
-    load_models,
-    new_inference_log,
-    new_updater,
-    row_format,
-    table_schema,
-)
-from lakeserve.pipelines.settings import Settings, format_validation_error
-from lakeserve.pipelines.updates import Update
+from lakeserve.pipelines.settings import ServiceSettings
+from lakeserve.pipelines.updates import Update, apply_pending_update, load_models, new_updater
 from lakeserve.scoring.core import ScoringCore
 from lakeserve.scoring.models import model_summary
 from lakeserve.scoring.records import RequestResult, ScoringRequest
@@ -46,12 +39,12 @@ from lakeserve.scoring.records import RequestResult, ScoringRequest
 log = logging.getLogger(__name__)
 
 
-def new_metrics(settings: Settings) -> ServiceMetrics:
+def new_metrics(settings: ServiceSettings) -> ServiceMetrics:
     """A fresh registry and metrics for this endpoint (one per process, passed down)."""
     return ServiceMetrics(CollectorRegistry(), settings.endpoint.name, settings.http.dashboard_window_s)
 
 
-def load_scoring(settings: Settings, metrics: ServiceMetrics) -> Scoring:
+def load_scoring(settings: ServiceSettings, metrics: ServiceMetrics) -> Scoring:
     """Models, Feast, the core, the table logger, the batcher and the endpoint updater (blocking:
     loads the models). Prepared updates are swapped in before a micro-batch, as on the Kafka path."""
     endpoint = settings.endpoint
@@ -109,7 +102,7 @@ def listen_settings(http: HttpSettings, host: str | None, port: int | None) -> H
 
 
 def build_server(
-    settings: Settings, metrics: ServiceMetrics, host: str | None = None, port: int | None = None
+    settings: ServiceSettings, metrics: ServiceMetrics, host: str | None = None, port: int | None = None
 ) -> uvicorn.Server:
     http = listen_settings(settings.http, host, port)
     app = create_app(settings.endpoint, AccessGuard(http), metrics, lambda: load_scoring(settings, metrics))
@@ -127,7 +120,7 @@ def build_server(
 
 
 def run_http(
-    settings: Settings,
+    settings: ServiceSettings,
     stop: threading.Event,
     host: str | None = None,
     port: int | None = None,

@@ -25,7 +25,7 @@ from lakeserve.scoring.settings import Limits
 
 log = logging.getLogger(__name__)
 
-Scorer = Callable[[Sequence[ScoringRequest]], list[RequestResult]]
+ScoreBatch = Callable[[Sequence[ScoringRequest]], list[RequestResult]]  # a batch in, one result each out
 OnScored = Callable[[list[RequestResult]], None]
 
 
@@ -39,7 +39,7 @@ class _Pending:
 class MicroBatcher:
     """Collects requests into micro-batches for one scoring thread; start and stop in the event loop."""
 
-    def __init__(self, score: Scorer, limits: Limits, on_scored: OnScored = lambda _: None) -> None:
+    def __init__(self, score: ScoreBatch, limits: Limits, on_scored: OnScored = lambda _: None) -> None:
         self._score, self._limits, self._on_scored = score, limits, on_scored
         self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="http-scoring")

@@ -24,18 +24,21 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 import yaml
 from pydantic import ValidationError
 
-from lakeserve.errors import ConfigError, LakeserveError
-from lakeserve.pipelines.settings import format_validation_error
-from lakeserve.scoring.models import ServedModel, resolve_version
+from lakeserve.errors import ConfigError, LakeserveError, format_validation_error
+from lakeserve.pipelines.settings import ServiceSettings
+from lakeserve.scoring.core import ScoringCore
+from lakeserve.scoring.models import MlflowServedModel, ServedModel, model_summary, resolve_version
 from lakeserve.scoring.settings import EndpointSettings, MlflowSettings, ServedEntity
 
 log = logging.getLogger(__name__)
 
 Loader = Callable[[ServedEntity], ServedModel]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -201,3 +204,45 @@ class EndpointUpdater:
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(status))
         os.replace(tmp, path)
+
+
+def load_models(settings: ServiceSettings, endpoint: EndpointSettings) -> dict[str, ServedModel]:
+    return {e.name: MlflowServedModel.load(e, settings.mlflow) for e in endpoint.served_entities}
+
+
+def new_updater(
+    settings: ServiceSettings, endpoint: EndpointSettings, models: Mapping[str, ServedModel]
+) -> EndpointUpdater:
+    """The updater that watches this endpoint's control file and aliases for a service serving ``models``."""
+    return EndpointUpdater(
+        endpoint,
+        models,
+        settings.stack.state_dir,
+        settings.mlflow,
+        lambda entity: MlflowServedModel.load(entity, settings.mlflow),
+    )
+
+
+def apply_pending_update(
+    updater: EndpointUpdater, core: ScoringCore, prepare: Callable[[Update], T]
+) -> tuple[Update, T] | None:
+    """Swap the updater's prepared update into ``core``, if there is one; call between micro-batches.
+
+    ``prepare`` builds what the caller must install with the new models (its row format); it
+    runs before the swap, so a ConfigError from it or from the swap refuses the update and the
+    old config keeps serving. Returns the update and what ``prepare`` built, or None. Shared by
+    the Kafka loop and the REST server, so both follow ``lakeserve endpoint update`` and aliases.
+    """
+    update = updater.take_pending()
+    if update is None:
+        return None
+    try:
+        prepared = prepare(update)
+        retired = core.swap(update.models, update.endpoint).models
+    except ConfigError as exc:
+        log.error("endpoint update refused, old config keeps serving: %s", exc)
+        updater.refused(update, exc)
+        return None
+    updater.applied(update, retired)
+    log.info("endpoint %s now serves %s", update.endpoint.name, model_summary(update.models))
+    return update, prepared

@@ -19,7 +19,7 @@ import pytest
 import yaml
 from netutil import free_ports
 
-from lakeserve.pipelines.settings import Settings, load_settings
+from lakeserve.settings import Settings, load_settings
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -91,7 +91,7 @@ def stack(config_file: Path, settings: Settings) -> Iterator[Settings]:
     Started with SIGINT ignored, as a background job of a non-interactive shell (CI) starts it:
     Ctrl-C must stop it all the same."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "lakeserve.pipelines.cli", "--config", str(config_file), "up"],
+        [sys.executable, "-m", "lakeserve.cli", "--config", str(config_file), "up"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -117,7 +117,7 @@ def stack(config_file: Path, settings: Settings) -> Iterator[Settings]:
     except subprocess.TimeoutExpired:
         code = None
         proc.kill()
-        down = [sys.executable, "-m", "lakeserve.pipelines.cli", "--config", str(config_file), "down"]
+        down = [sys.executable, "-m", "lakeserve.cli", "--config", str(config_file), "down"]
         subprocess.run(down, capture_output=True, timeout=120)  # nothing of the stack outlives the session
     assert code == 0, "lakeserve up did not stop cleanly on Ctrl-C"
     wait_for_line(lines, "stopped kafka", timeout_s=5)

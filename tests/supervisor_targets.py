@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from lakeserve.pipelines.settings import Settings
-from lakeserve.pipelines.workers import WorkerLink
+from lakeserve.pipelines.supervisor import WorkerLink
+from lakeserve.settings import Settings
 
 
 def idle_worker(settings: Settings, link: WorkerLink) -> None:

@@ -18,8 +18,8 @@ from pathlib import Path
 from lakeserve.errors import ComponentError
 from lakeserve.pipelines.embedded.prereqs import require_java, require_maven
 from lakeserve.pipelines.embedded.process import ManagedProcess
+from lakeserve.pipelines.embedded.settings import StackSettings
 from lakeserve.pipelines.kafka_settings import KafkaSettings
-from lakeserve.pipelines.settings import StackSettings
 
 _LOG4J2 = """Configuration:
   Appenders:

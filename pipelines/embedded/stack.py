@@ -14,7 +14,7 @@ from typing import Protocol
 from lakeserve.pipelines.embedded.kafka import KafkaBroker, ensure_topics
 from lakeserve.pipelines.embedded.process import ManagedProcess
 from lakeserve.pipelines.embedded.services import MlflowUi, RedisServer
-from lakeserve.pipelines.settings import Settings
+from lakeserve.pipelines.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ class StackStatus:
 class Stack:
     """Starts the components in order and stops them in reverse order."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: ServiceSettings) -> None:
         self.settings = settings
         self.kafka = KafkaBroker(settings.stack)
         self.mlflow_ui = MlflowUi(settings.mlflow, settings.stack.state_dir) if settings.mlflow.ui_port else None

@@ -16,7 +16,7 @@ from deltalake import DeltaTable, write_deltalake
 from lakeserve.features import demo_repo
 from lakeserve.jobs.batch_score import BatchOptions, run_batch_score
 from lakeserve.jobs.demo_data import request_bodies
-from lakeserve.pipelines.settings import Settings
+from lakeserve.settings import Settings
 
 # The stream tests' helpers (in-process worker, produce, answers), used as they use them.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pipelines"))

@@ -11,7 +11,7 @@ from batch_helpers import ParityRun
 from deltalake import DeltaTable, write_deltalake
 
 from lakeserve.jobs.batch_score import BatchFailed, BatchOptions, run_batch_score
-from lakeserve.pipelines.settings import Settings
+from lakeserve.settings import Settings
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 from http_helpers import Server, http_settings_for, serving
 
-from lakeserve.pipelines.settings import Settings
+from lakeserve.settings import Settings
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from lakeserve.pipelines.http import run_http
 from lakeserve.pipelines.metrics import ServiceMetrics
-from lakeserve.pipelines.settings import Settings
+from lakeserve.settings import Settings
 
 
 def http_settings_for(base: Settings, name: str, http: dict[str, Any] | None = None, **endpoint: Any) -> Settings:

@@ -15,7 +15,7 @@ from lakeserve.jobs.demo_data import request_bodies
 from lakeserve.pipelines.auth import token_digest
 from lakeserve.pipelines.http import listen_settings
 from lakeserve.pipelines.http_settings import HttpSettings
-from lakeserve.pipelines.settings import Settings
+from lakeserve.settings import Settings
 
 TOKEN = "s3cret-token-for-tests"
 

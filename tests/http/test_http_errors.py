@@ -12,8 +12,8 @@ import pytest
 from http_helpers import Server, http_settings_for, post, raw_exchange, serving
 
 from lakeserve.jobs.demo_data import request_bodies
-from lakeserve.pipelines.settings import Settings
 from lakeserve.scoring.settings import Limits
+from lakeserve.settings import Settings
 
 CAP = 16 * 1024 * 1024
 

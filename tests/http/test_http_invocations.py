@@ -18,8 +18,8 @@ from starlette.testclient import TestClient
 
 from lakeserve.features import demo_repo
 from lakeserve.jobs.demo_data import request_bodies
-from lakeserve.pipelines.settings import Settings
 from lakeserve.scoring.routing import Router
+from lakeserve.settings import Settings
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,9 @@ from prometheus_client import CollectorRegistry
 from lakeserve.jobs.demo_data import request_bodies
 from lakeserve.pipelines.embedded.kafka import ensure_topics
 from lakeserve.pipelines.metrics import ServiceMetrics
-from lakeserve.pipelines.service import build_worker
-from lakeserve.pipelines.settings import Settings
-from lakeserve.pipelines.workers import Supervisor
+from lakeserve.pipelines.supervisor import Supervisor
+from lakeserve.pipelines.worker import build_worker
+from lakeserve.settings import Settings
 
 
 def test_metrics_move_after_requests(rest: Server, demo_assets: Any) -> None:

@@ -11,9 +11,9 @@ import pandas as pd
 from http_helpers import http_settings_for, post, serving, wait_until
 
 from lakeserve.jobs.demo_data import request_bodies
-from lakeserve.pipelines.settings import Settings
 from lakeserve.pipelines.updates import publish, read_status
 from lakeserve.scoring.settings import Route, TrafficConfig
+from lakeserve.settings import Settings
 
 
 def test_rest_follows_a_published_traffic_change(stack: Settings, demo_assets: Any) -> None:

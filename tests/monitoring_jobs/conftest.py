@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 from lakeserve.jobs.monitor import MonitorSummary, MonitorTables, run_monitor
-from lakeserve.jobs.settings import MonitorSettings
+from lakeserve.monitoring.settings import MonitorSettings
 from lakeserve.monitoring.synthetic import EntitySpec, SyntheticSpec, write_synthetic
 
 if TYPE_CHECKING:

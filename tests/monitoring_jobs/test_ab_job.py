@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from lakeserve.jobs.ab_test import run_ab
-from lakeserve.jobs.settings import AbSettings
+from lakeserve.jobs.ab_analysis import run_ab
 from lakeserve.monitoring import ab
+from lakeserve.monitoring.settings import AbSettings
 from lakeserve.monitoring.synthetic import EntitySpec, SyntheticSpec, write_synthetic
 
 if TYPE_CHECKING:

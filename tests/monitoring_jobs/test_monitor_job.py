@@ -15,8 +15,8 @@ from scipy.spatial.distance import jensenshannon
 from sklearn import metrics as skm
 
 from lakeserve.jobs.monitor import MonitorTables, run_monitor
-from lakeserve.jobs.settings import MonitorSettings
 from lakeserve.monitoring.drift import psi, psi_bins
+from lakeserve.monitoring.settings import MonitorSettings
 from lakeserve.monitoring.synthetic import SyntheticSpec, synthetic_inference
 
 if TYPE_CHECKING:
@@ -255,12 +255,12 @@ def test_evidently_reports_are_saved_and_referenced(drifted: Monitored) -> None:
 def test_a_metrics_table_from_an_older_version_gains_the_new_columns(spark: SparkSession, tmp_path: Path) -> None:
     from deltalake import DeltaTable
 
-    from lakeserve.monitoring.metrics_tables import merge_rows, schema
+    from lakeserve.monitoring.metrics_tables import ddl_schema, merge_rows
 
     uri = str(tmp_path / "metrics")
     old, new = "k STRING NOT NULL, a DOUBLE", "k STRING NOT NULL, a DOUBLE, b STRING"
-    merge_rows(spark, spark.createDataFrame([("x", 1.0)], schema(old)), uri, ["k"], old)
-    merge_rows(spark, spark.createDataFrame([("y", 2.0, "new")], schema(new)), uri, ["k"], new)
+    merge_rows(spark, spark.createDataFrame([("x", 1.0)], ddl_schema(old)), uri, ["k"], old)
+    merge_rows(spark, spark.createDataFrame([("y", 2.0, "new")], ddl_schema(new)), uri, ["k"], new)
     rows = sorted(DeltaTable(uri).to_pandas().to_dict("records"), key=lambda r: r["k"])
     assert [(r["k"], r["a"], r["b"]) for r in rows] == [("x", 1.0, None), ("y", 2.0, "new")]
 

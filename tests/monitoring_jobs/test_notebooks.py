@@ -21,9 +21,9 @@ from deltalake import DeltaTable, write_deltalake
 from nbclient import NotebookClient
 
 from lakeserve.features import demo_repo
-from lakeserve.jobs import ab_test, monitor
+from lakeserve.jobs import ab_analysis, monitor
 from lakeserve.jobs.demo_data import REQUEST_FIELDS, request_bodies
-from lakeserve.pipelines.settings import Settings, load_settings
+from lakeserve.settings import Settings, load_settings
 
 # The streaming helpers live beside the pipeline tests, which put their folder on sys.path
 # through their conftest; this module runs without it.
@@ -73,7 +73,7 @@ def served(
     settings = load_settings(config)
     assert settings.inference_table_uri == base.inference_table_uri
     monitor.run_from_settings(settings)
-    markdown = ab_test.run_from_settings(settings)
+    markdown = ab_analysis.run_from_settings(settings)
     return Served(config, settings, DeltaTable(settings.inference_table_uri).to_pandas(), markdown)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from conftest_helpers import settings_for
 
-from lakeserve.pipelines.settings import Settings
+from lakeserve.settings import Settings
 
 
 @pytest.fixture

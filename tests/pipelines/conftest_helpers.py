@@ -21,8 +21,8 @@ from deltalake import DeltaTable
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from lakeserve.pipelines.embedded.kafka import ensure_topics
-from lakeserve.pipelines.service import Worker, build_worker
-from lakeserve.pipelines.settings import Settings
+from lakeserve.pipelines.worker import Worker, build_worker
+from lakeserve.settings import Settings
 
 
 def settings_for(base: Settings, name: str, **endpoint: Any) -> Settings:

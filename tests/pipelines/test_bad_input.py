@@ -13,9 +13,9 @@ from conftest_helpers import answers_for, produce, read_topic, running, settings
 from mlflow.models import infer_signature
 
 from lakeserve.features import demo_repo
-from lakeserve.pipelines.settings import Settings
 from lakeserve.scoring.settings import Limits, Route, ServedEntity, TrafficConfig
 from lakeserve.scoring.testing_models import GuardedModel
+from lakeserve.settings import Settings
 
 GOOD = {"customer_id": 7, "amount": 12.5, "merchant_category": "grocery", "hour_of_day": 10, "is_online": 0}
 

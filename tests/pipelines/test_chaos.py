@@ -13,9 +13,9 @@ from conftest_helpers import ResponseCollector, produce_tracked, settings_for, t
 
 from lakeserve.jobs.demo_data import request_bodies
 from lakeserve.pipelines.kafka_source import request_id
-from lakeserve.pipelines.settings import Settings
-from lakeserve.pipelines.workers import Supervisor
+from lakeserve.pipelines.supervisor import Supervisor
 from lakeserve.scoring.settings import Limits
+from lakeserve.settings import Settings
 
 REQUESTS = 5000
 KILLS = 4

@@ -34,10 +34,10 @@ from kafka import KafkaAdminClient, KafkaProducer
 from kafka.admin import NewTopic
 
 from lakeserve.pipelines.embedded.kafka import ensure_topics
-from lakeserve.pipelines.settings import Settings
-from lakeserve.pipelines.workers import Supervisor
+from lakeserve.pipelines.supervisor import Supervisor
 from lakeserve.scoring.settings import Limits, Route, ServedEntity, TrafficConfig
 from lakeserve.scoring.testing_models import CrashingModel, StallingModel
+from lakeserve.settings import Settings
 
 
 def faulty(stack: Settings, name: str, *, limits: Limits | None = None, **kafka: Any) -> Settings:

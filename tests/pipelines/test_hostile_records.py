@@ -9,7 +9,7 @@ import json
 from conftest_helpers import answers_for, body, read_topic, running, settings_for, table_rows
 from kafka import KafkaProducer
 
-from lakeserve.pipelines.settings import Settings
+from lakeserve.settings import Settings
 
 
 class RawHeaderKey(str):

@@ -17,8 +17,8 @@ import yaml
 from conftest_helpers import answers_for, produce, running, settings_for
 
 from lakeserve.jobs.demo_data import request_bodies
-from lakeserve.pipelines.settings import Settings
 from lakeserve.pipelines.updates import read_status
+from lakeserve.settings import Settings
 
 
 def endpoint_file(tmp_path: Path, settings: Settings, **changes: object) -> Path:
@@ -31,7 +31,7 @@ def endpoint_file(tmp_path: Path, settings: Settings, **changes: object) -> Path
 
 def cli(config_file: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "lakeserve.pipelines.cli", "--config", str(config_file), *args],
+        [sys.executable, "-m", "lakeserve.cli", "--config", str(config_file), *args],
         capture_output=True,
         text=True,
         timeout=180,
@@ -152,7 +152,7 @@ def test_alias_moved_in_the_registry_is_followed(stack: Settings, demo_assets) -
     in before its next micro-batch (swaps under Kafka load: the traffic-update test above)."""
     import mlflow
 
-    from lakeserve.pipelines.service import build_worker
+    from lakeserve.pipelines.worker import build_worker
 
     settings = settings_for(stack, "alias-move")
     client = mlflow.MlflowClient(tracking_uri=settings.mlflow.tracking_uri, registry_uri=settings.mlflow.registry_uri)

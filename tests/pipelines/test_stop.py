@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from conftest_helpers import answers_for, body, broker_hung, produce, settings_for
 
-from lakeserve.pipelines.settings import Settings, write_settings
+from lakeserve.pipelines.settings import write_settings
+from lakeserve.settings import Settings
 
 STOP_WITHIN_S = 10.0
 
@@ -25,7 +26,7 @@ def serving(settings: Settings, folder: Path) -> Iterator[subprocess.Popen[str]]
     config = write_settings(settings, folder / "lakeserve.yaml")
     log = (folder / "serve.log").open("w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "lakeserve.pipelines.cli", "--config", str(config), "serve", "--workers", "1"],
+        [sys.executable, "-m", "lakeserve.cli", "--config", str(config), "serve", "--workers", "1"],
         stdout=log, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:

@@ -9,7 +9,7 @@ from conftest_helpers import answers_for, produce, running, settings_for, table_
 
 from lakeserve.features import demo_repo
 from lakeserve.jobs.demo_data import request_bodies
-from lakeserve.pipelines.settings import Settings
+from lakeserve.settings import Settings
 
 
 def test_requests_answered_with_looked_up_features_and_logged(service_settings: Settings, demo_assets) -> None:

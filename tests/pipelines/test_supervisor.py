@@ -11,8 +11,8 @@ import time
 
 from supervisor_targets import idle_worker
 
-from lakeserve.pipelines.settings import Settings
-from lakeserve.pipelines.workers import Supervisor, WorkerLink
+from lakeserve.pipelines.supervisor import Supervisor, WorkerLink
+from lakeserve.settings import Settings
 
 
 def wait_until(condition, timeout_s: float, what: str) -> None:

@@ -14,7 +14,7 @@ from lakeserve.features import demo_repo
 from lakeserve.features.store import feature_store
 from lakeserve.jobs import demo_models
 from lakeserve.jobs.demo_data import LABEL, REQUEST_FIELDS
-from lakeserve.pipelines.settings import Settings
+from lakeserve.settings import Settings
 
 if TYPE_CHECKING:
     from lakeserve.jobs.demo import DemoReport

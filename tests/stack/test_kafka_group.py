@@ -12,7 +12,7 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 
 from lakeserve.pipelines.embedded.kafka import ensure_topics, list_topics
-from lakeserve.pipelines.settings import Settings
+from lakeserve.settings import Settings
 
 TOPIC = "it.consumer-group"
 GROUP = "it-group"

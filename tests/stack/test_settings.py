@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from lakeserve.errors import ConfigError
-from lakeserve.pipelines.settings import load_settings
+from lakeserve.settings import load_settings
 
 
 def write(tmp_path: Path, data: object) -> Path:
@@ -118,7 +118,7 @@ def test_unreadable_or_invalid_yaml(tmp_path: Path) -> None:
 def test_cli_reports_bad_config_in_one_message(tmp_path: Path) -> None:
     path = write(tmp_path, {"endpoint": {"limits": {"timeout_s": -1}}})
     done = subprocess.run(
-        [sys.executable, "-m", "lakeserve.pipelines.cli", "--config", str(path), "config", "show"],
+        [sys.executable, "-m", "lakeserve.cli", "--config", str(path), "config", "show"],
         capture_output=True,
         text=True,
         timeout=120,

@@ -35,7 +35,8 @@ from lakeserve.pipelines.crash_guard import DONE, IN_FLIGHT, CrashGuard, CrashLe
 from lakeserve.pipelines.delivery_loop import WorkerStalled
 from lakeserve.pipelines.metrics import ServiceMetrics
 from lakeserve.pipelines.metrics_relay import MetricsRelay, apply
-from lakeserve.pipelines.settings import Settings
+from lakeserve.pipelines.settings import ServiceSettings
+from lakeserve.pipelines.worker import run_worker
 
 log = logging.getLogger(__name__)
 
@@ -92,20 +93,19 @@ class WorkerLink:
             self.report(message)
 
 
-Target = Callable[[Settings, WorkerLink], None]
+Target = Callable[[ServiceSettings, WorkerLink], None]
 
 
 EXIT_STALLED = 75  # a model call never returned: replace this worker
 
 
-def worker_main(settings: Settings, link: WorkerLink) -> None:
+def worker_main(settings: ServiceSettings, link: WorkerLink) -> None:
     """Entry point of a worker process (module-level, so the spawn start method can import it).
 
     The process ends with ``os._exit``: a model call stuck in a thread would otherwise keep the
     interpreter from exiting. Once told to stop, it exits within ``kafka.stop_timeout_ms`` even
     if its last append or commit cannot finish (the broker or the table is down): the records
     not committed are replayed by the next owner, so nothing is lost."""
-    from lakeserve.pipelines.service import run_worker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s [%(processName)s] %(name)s: %(message)s")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the supervisor decides
@@ -153,7 +153,7 @@ class Supervisor:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: ServiceSettings,
         count: int,
         target: Target = worker_main,
         restart_backoff_s: float = 1.0,

@@ -20,7 +20,7 @@ from typing import Any
 
 from lakeserve.errors import ConfigError, LakeserveError
 from lakeserve.jobs.batch_args import add_batch_arguments
-from lakeserve.pipelines.settings import Settings, load_settings
+from lakeserve.settings import Settings, load_settings
 
 Handler = Callable[[Settings, argparse.Namespace], int]
 
@@ -208,7 +208,7 @@ def _demo(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
-    from lakeserve.pipelines.workers import Supervisor
+    from lakeserve.pipelines.supervisor import Supervisor
 
     if args.workers < (0 if args.http else 1):
         raise ConfigError(f"--workers must be at least {0 if args.http else 1}, got {args.workers}")
@@ -292,7 +292,7 @@ def _job_monitor(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _job_ab(settings: Settings, args: argparse.Namespace) -> int:
-    from lakeserve.jobs.ab_test import run_from_settings
+    from lakeserve.jobs.ab_analysis import run_from_settings
 
     print(run_from_settings(settings, end=args.end))
     return 0

@@ -4,12 +4,11 @@ Per entity: requests, records, error rate, latency mean and p50/p95/p99, predict
 with labels, accuracy and ROC-AUC. Between the control and each treatment the tests of
 :mod:`lakeserve.monitoring.ab`, the sample size the observed effect would need, and a plain
 verdict. Rows are upserted (Delta MERGE) into ``<table>_ab_results``; a Markdown summary is
-written beside it. Entry point: ``python -m lakeserve.jobs.ab_test --config FILE [--end ISO]``.
+written beside it. Entry point: ``python -m lakeserve.jobs.ab_analysis --config FILE [--end ISO]``.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,16 +19,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lakeserve.errors import ConfigError
-from lakeserve.jobs.settings import AbSettings
+from lakeserve.jobs.settings import JobSettings
+from lakeserve.jobs.spark import spark_session
 from lakeserve.monitoring import ab
-from lakeserve.monitoring.metrics_tables import merge_rows
+from lakeserve.monitoring.metrics_tables import ddl_schema, merge_rows
+from lakeserve.monitoring.settings import AbSettings
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
-    from lakeserve.pipelines.settings import Settings
 
-log = logging.getLogger("lakeserve.jobs.ab_test")
+log = logging.getLogger("lakeserve.jobs.ab_analysis")
 ARM = "served_entity"
 AB_DDL = """
 period_start TIMESTAMP NOT NULL, period_end TIMESTAMP NOT NULL, control STRING NOT NULL,
@@ -350,9 +350,8 @@ def _summary_rows(entities: dict[str, dict[str, Any]], control: str) -> list[dic
 
 
 def _frame(spark: SparkSession, rows: Sequence[dict[str, Any]]) -> DataFrame:
-    from lakeserve.monitoring.metrics_tables import schema
 
-    s = schema(AB_DDL)
+    s = ddl_schema(AB_DDL)
     fix = {"control_value", "treatment_value", "difference", "ci_low", "ci_high", "statistic", "p_value"}
     data = [
         tuple(float(r[n]) if n in fix and r.get(n) is not None else r.get(n) for n in s.fieldNames())
@@ -409,9 +408,8 @@ def _pct(v: Any) -> str:
     return "" if v is None else f"{100 * float(v):.2f}%"
 
 
-def run_from_settings(settings: Settings, *, end: datetime | None = None) -> str:
+def run_from_settings(settings: JobSettings, *, end: datetime | None = None) -> str:
     """One A/B analysis of the endpoint's inference table; returns the Markdown summary."""
-    from lakeserve.jobs.spark import spark_session
 
     output, markdown = output_locations(settings)
     spark = spark_session(settings.spark, ivy_dir=settings.stack.cache_dir / "ivy")
@@ -419,25 +417,8 @@ def run_from_settings(settings: Settings, *, end: datetime | None = None) -> str
     return render_markdown(report)
 
 
-def output_locations(settings: Settings) -> tuple[str, Path]:
+def output_locations(settings: JobSettings) -> tuple[str, Path]:
     """The results table (``ab.output_table``, else ``<table>_ab_results``) and its Markdown readout."""
     table = settings.endpoint.auto_capture_config.table_name
     output = settings.ab.output_table or settings.table_uri(f"{table}_ab_results")
     return output, Path(output.removeprefix("file:") + ".md")
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m lakeserve.jobs.ab_test --config FILE [--end 2025-01-08T00:00:00+00:00]``."""
-    from lakeserve.pipelines.settings import load_settings
-
-    parser = argparse.ArgumentParser(prog="lakeserve.jobs.ab_test", description="A/B analysis of served entities")
-    parser.add_argument("--config", type=Path, default=None)
-    parser.add_argument("--end", type=datetime.fromisoformat, default=None, help="period end (ISO, with zone)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    print(run_from_settings(load_settings(args.config), end=args.end))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
