@@ -72,6 +72,7 @@ def normalize_key(value: Any) -> Hashable | None:
 
 
 MAX_KEY_CHARS = 1024
+PRIVATE_KEY = "__lakeserve_"  # a join key of this prefix is bookkeeping (the batch job's row), never shown
 
 
 def key_problem(value: Hashable | None, type_: pa.DataType | None) -> str | None:

@@ -16,7 +16,18 @@ import pyarrow as pa
 
 from lakeserve.errors import ConfigError
 from lakeserve.scoring.models import MlflowServedModel, ServedModel
-from lakeserve.scoring.settings import EndpointSettings, MlflowSettings, ServedEntity, TrafficConfig
+from lakeserve.scoring.settings import EndpointSettings, Limits, MlflowSettings, ServedEntity
+
+BATCH_TIMEOUT_S = 7 * 86400.0  # a batch record has no caller waiting: the run's own time is the limit
+
+
+def batch_endpoint(endpoint: EndpointSettings, pinned: Mapping[str, ServedEntity]) -> EndpointSettings:
+    """The endpoint the batch job serves: its routed and shadow entities at their pinned versions."""
+    limits = Limits.model_validate({**endpoint.limits.model_dump(), "timeout_s": BATCH_TIMEOUT_S})
+    served = [pinned[e.name] for e in endpoint.served_entities if e.name in pinned]
+    return EndpointSettings.model_validate(
+        {**endpoint.model_dump(), "served_entities": [e.model_dump() for e in served], "limits": limits.model_dump()}
+    )
 
 # Columns the job adds to every output row (besides the prediction columns and scored_at).
 ROUTING_FIELDS = [
@@ -45,7 +56,7 @@ class EntityPlan:
 
 @dataclass(frozen=True, slots=True)
 class ScoringPlan:
-    traffic: TrafficConfig
+    endpoint: EndpointSettings  # the served entities pinned, what the executors' scoring core serves
     entities: Mapping[str, EntityPlan]
     mlflow: MlflowSettings
     sticky_key: str | None

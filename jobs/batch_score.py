@@ -8,12 +8,12 @@
 3. join the feature services' features point-in-time from Feast's Spark offline store over
    Delta (:mod:`.batch_features`), unless ``features_from_input``;
 4. score in Arrow batches on the executors (``mapInArrow``, :mod:`.batch_models`) with the
-   same sticky routing as the stream (:mod:`lakeserve.scoring.routing`);
+   stream's own scoring core: the same routing, checks, assembly and errors;
 5. write the output with one Delta commit (:mod:`.batch_io`); a failed run leaves it unchanged;
 6. count the committed rows per served entity and status for the report.
 
 Rows that cannot be scored are output rows with a status and message; they never fail the
-job unless ``fail_on_error`` is set. ``python -m lakeserve.jobs.batch_score --help`` runs it
+job unless ``fail_on_error`` is set. ``python -m lakeserve jobs run batch-score --help`` runs it
 from spark-submit or cron; the cluster is whatever ``spark.master`` names.
 """
 
@@ -41,6 +41,7 @@ from lakeserve.jobs.batch_plan import (
     EntityPlan,
     LoadedModels,
     ScoringPlan,
+    batch_endpoint,
     load_models,
 )
 from lakeserve.jobs.settings import JobSettings
@@ -121,8 +122,9 @@ def _features(
     else:
         frame, looked_up, tables = _joined(spark, settings, frame, list(services.values()), opts, all_features)
     plan = ScoringPlan(
-        settings.endpoint.traffic_config, entities, settings.mlflow, loaded.sticky_key, loaded.predictions,
-        looked_up, None if opts.features_from_input else opts.timestamp_column, opts.fail_on_error,
+        batch_endpoint(settings.endpoint, loaded.pinned), entities, settings.mlflow, loaded.sticky_key,
+        loaded.predictions, looked_up, None if opts.features_from_input else opts.timestamp_column,
+        opts.fail_on_error,
     )  # fmt: skip
     return frame, plan, tables
 

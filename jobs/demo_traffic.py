@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +17,8 @@ import numpy as np
 
 from lakeserve.errors import ComponentError
 from lakeserve.pipelines.kafka_settings import KafkaSettings
+
+Progress = Callable[[int, int], None]  # (answered, total)
 
 
 @dataclass
@@ -41,11 +44,14 @@ class Traffic:
         self.answers = _tail_reader(kafka, kafka.responses_topic)
         self.letters = _tail_reader(kafka, kafka.dead_letter_topic)
 
-    def run(self, bodies: list[bytes], run_id: str, timeout_s: float = 300) -> TrafficReport:
+    def run(
+        self, bodies: list[bytes], run_id: str, timeout_s: float = 300, on_answer: Progress = lambda done, total: None
+    ) -> TrafficReport:
+        """Send every body, read every answer (``on_answer(answered, total)`` as they come)."""
         report = TrafficReport(sent=len(bodies))
         start = time.monotonic()
         sent_ms = self._send(bodies, run_id)
-        self._collect(report, sent_ms, timeout_s)
+        self._collect(report, sent_ms, timeout_s, on_answer)
         report.dead_letters = self._count_letters(run_id, expected=report.sent - report.by_status["200"])
         report.seconds = time.monotonic() - start
         return report
@@ -67,7 +73,7 @@ class Traffic:
         producer.close()
         return sent
 
-    def _collect(self, report: TrafficReport, sent_ms: dict[bytes, int], timeout_s: float) -> None:
+    def _collect(self, report: TrafficReport, sent_ms: dict[bytes, int], timeout_s: float, on_answer: Progress) -> None:
         seen: set[bytes] = set()
         deadline = time.monotonic() + timeout_s
         while len(seen) < len(sent_ms):
@@ -87,6 +93,7 @@ class Traffic:
                     for entity in filter(None, headers.get("served-model-name", "").split(",")):
                         report.by_entity[entity] += 1
                     report.latency_ms.append(float(r.timestamp - sent_ms[r.key]))
+            on_answer(len(seen), len(sent_ms))
         report.answered = len(seen)
 
     def _count_letters(self, run_id: str, expected: int) -> int:

@@ -16,11 +16,11 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -44,6 +44,24 @@ BAD_REQUESTS = 150
 DRIFT_SCALE = 2.5  # stream amounts against the training data's
 
 
+class Progress(Protocol):
+    """Who is told how the job goes: a step starts, advances, ends with a one-line summary."""
+
+    def step_started(self, name: str) -> None: ...
+    def progress(self, done: int, total: int) -> None: ...
+    def step_done(self, summary: str = "") -> None: ...
+
+
+class _Silent:
+    def step_started(self, name: str) -> None:
+        log.info("main job: %s ...", name)
+
+    def progress(self, done: int, total: int) -> None: ...
+
+    def step_done(self, summary: str = "") -> None:
+        log.info("main job: done %s", summary)
+
+
 @dataclass
 class MainReport:
     assets: DemoReport = field(default_factory=DemoReport)
@@ -57,26 +75,36 @@ class MainReport:
     timings_s: dict[str, float] = field(default_factory=dict)
 
 
-def run_main_job(settings: JobSettings, *, keep_up: bool = False, workers: int = 2) -> MainReport:
+def run_main_job(
+    settings: JobSettings, *, keep_up: bool = False, workers: int = 2, progress: Progress | None = None
+) -> MainReport:
     report = MainReport()
     stack = Stack(settings)
-    with _step(report, "stack up"):
+    say = progress or _Silent()
+    with _step(report, say, "stack up") as done:
         report.assets.started = stack.up()
+        done(f"kafka on {settings.kafka.bootstrap_servers[0]}")
     try:
-        with _step(report, "assets"):
+        with _step(report, say, "assets") as done:
             prepare_assets(settings, report.assets)
+            done(", ".join(f"{m.alias} = card_fraud v{m.version}" for m in report.assets.models))
         settings = _with_baseline(settings)
-        with _step(report, "batch scoring"):
+        with _step(report, say, "batch scoring") as done:
             report.batch = _batch(settings)
-        with _step(report, "streaming"):
-            report.traffic = _stream(settings, workers)
+            done(f"{report.batch.rows} rows")
+        with _step(report, say, "streaming") as done:
+            report.traffic = _stream(settings, workers, say.progress)
+            done(f"{report.traffic.answered} of {report.traffic.sent} requests answered")
         report.table_rows = _count_rows(settings.inference_table_uri)
-        with _step(report, "monitor"):
+        with _step(report, say, "monitor") as done:
             report.monitor = _monitor(settings)
-        with _step(report, "a/b"):
+            done(f"{len(report.monitor.flags)} drift flags")
+        with _step(report, say, "a/b") as done:
             report.ab = _ab(settings)
-        with _step(report, "notebooks"):
+            done("; ".join(report.ab.verdicts.values()))
+        with _step(report, say, "notebooks") as done:
             report.notebooks = _notebooks(settings)
+            done(f"{len(report.notebooks)} executed")
         report.locations = _locations(settings, report)
     finally:
         if not keep_up:
@@ -103,7 +131,7 @@ def _batch(settings: JobSettings) -> Any:
     return run_batch_score(spark, settings, source, _batch_output(settings))
 
 
-def _stream(settings: JobSettings, workers: int) -> TrafficReport:
+def _stream(settings: JobSettings, workers: int, progress: Callable[[int, int], None]) -> TrafficReport:
     import pandas as pd
 
 
@@ -122,7 +150,7 @@ def _stream(settings: JobSettings, workers: int) -> TrafficReport:
     runner.start()
     try:
         supervisor.wait_ready()  # latency counts from a ready service, not from its start-up
-        return traffic.run([bodies[i] for i in order], run_id)
+        return traffic.run([bodies[i] for i in order], run_id, on_answer=progress)
     finally:
         traffic.close()
         stopped.set()
@@ -173,13 +201,16 @@ def _locations(settings: JobSettings, report: MainReport) -> dict[str, str]:
 
 
 @contextmanager
-def _step(report: MainReport, name: str) -> Iterator[None]:
-    log.info("main job: %s ...", name)
+def _step(report: MainReport, progress: Progress, name: str) -> Iterator[Callable[[str], None]]:
+    """One step: told to ``progress`` as it starts and ends (with the summary it was given)."""
+    progress.step_started(name)
+    summary = [""]
     start = time.monotonic()
     try:
-        yield
+        yield lambda text: summary.__setitem__(0, text)
     finally:
         report.timings_s[name] = round(time.monotonic() - start, 1)
+        progress.step_done(summary[0])
 
 
 def format_main_report(report: MainReport) -> str:

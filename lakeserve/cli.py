@@ -7,6 +7,7 @@ print one clear message and exit 2; anything else is a bug and keeps its traceba
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -71,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
         [
             (["--keep-up"], {"action": "store_true", "help": "leave the stack running afterwards"}),
             (["--workers"], {"type": int, "default": 2, "help": "scoring workers (default 2)"}),
+            (["--verbose"], {"action": "store_true", "help": "logs on the terminal, not in <state_dir>/logs/demo.log"}),
         ],
     )
     _add(
@@ -200,10 +202,20 @@ def _print_status(stack: Any) -> None:
 
 
 def _demo(settings: Settings, args: argparse.Namespace) -> int:
+    """The steps and the report on the terminal; everything else in the state folder's demo.log."""
+    from lakeserve.console import quiet, verbose
     from lakeserve.jobs.end_to_end import format_main_report, run_main_job
 
-    report = run_main_job(settings, keep_up=args.keep_up, workers=args.workers)
-    print(format_main_report(report))
+    log_file = settings.stack.state_dir / "logs" / "demo.log"
+    with contextlib.nullcontext(verbose()) if args.verbose else quiet(log_file) as console:
+        console.line(f"lakeserve demo (logs: {'the terminal' if args.verbose else log_file})")
+        try:
+            report = run_main_job(settings, keep_up=args.keep_up, workers=args.workers, progress=console)
+        except BaseException:
+            console.line(f"the main job failed; what happened is in {log_file}")
+            raise
+        console.line()
+        console.line(format_main_report(report))
     return 0
 
 

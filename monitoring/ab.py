@@ -14,9 +14,9 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -68,8 +68,11 @@ def mann_whitney(u2: float, n1: int, n2: int, tie_sum: float) -> TestResult:
 def rank_sums(
     df: DataFrame, arm: str, value: str, control: str, treatment: str
 ) -> tuple[float, int, int, float]:
-    """(U of treatment, n control, n treatment, Σ(t³ - t) over ties) computed in Spark."""
-    from pyspark.sql import Window
+    """(U of treatment, n control, n treatment, Σ(t³ - t) over ties) computed in Spark.
+
+    Exact, with no single-partition window: the counts per distinct value are range-partitioned
+    and sorted within each partition; one pass sums each partition's control count (collected:
+    one number per partition), the second computes U with each partition's rank offset."""
     from pyspark.sql import functions as sf
 
     counts = (
@@ -77,18 +80,33 @@ def rank_sums(
         .groupBy(sf.col(value).cast("double").alias("v"))
         .agg(sf.count_if(sf.col(arm) == control).alias("c"), sf.count_if(sf.col(arm) == treatment).alias("t"))
     )
-    below = Window.orderBy("v").rowsBetween(Window.unboundedPreceding, -1)
-    ranked = counts.withColumn("c_below", sf.coalesce(sf.sum("c").over(below), sf.lit(0)))
-    k = sf.col("c") + sf.col("t")
-    row = ranked.agg(
-        sf.sum(sf.col("t") * (sf.col("c_below") + 0.5 * sf.col("c"))).alias("u"),
-        sf.sum("c").alias("n1"),
-        sf.sum("t").alias("n2"),
-        sf.sum(k * k * k - k).alias("ties"),
-    ).first()
-    if row is None or row["n1"] is None:
-        return 0.0, 0, 0, 0.0
-    return float(row["u"]), int(row["n1"]), int(row["n2"]), float(row["ties"])
+    ordered = counts.repartitionByRange("v").sortWithinPartitions("v").select("c", "t").cache()
+    try:
+        totals = dict(ordered.rdd.mapPartitionsWithIndex(_control_total).collect())
+        offsets, below = {}, 0
+        for index in sorted(totals):
+            offsets[index], below = below, below + totals[index]
+        parts = ordered.rdd.mapPartitionsWithIndex(lambda i, rows: _u_terms(offsets.get(i, 0), rows)).collect()
+    finally:
+        ordered.unpersist()
+    u, n1, n2, ties = (sum(p[j] for p in parts) for j in range(4))
+    return float(u), int(n1), int(n2), float(ties)
+
+
+def _control_total(index: int, rows: Iterable[Any]) -> Iterator[tuple[int, int]]:
+    yield index, sum(int(r[0]) for r in rows)
+
+
+def _u_terms(below: int, rows: Iterable[Any]) -> Iterator[tuple[float, int, int, float]]:
+    """U's terms over one partition of (control count, treatment count) rows in value order."""
+    u, n1, n2, ties = 0.0, 0, 0, 0.0
+    for c, t in rows:
+        u += t * (below + 0.5 * c)
+        below += c
+        n1, n2 = n1 + c, n2 + t
+        k = c + t
+        ties += k * k * k - k
+    yield u, n1, n2, ties
 
 
 def bootstrap_diff(

@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 
 from lakeserve.errors import PayloadTooLarge
 from lakeserve.monitoring.table_schema import BASE_COLUMNS, prediction_column_names
-from lakeserve.scoring.records import RecordResult, RequestResult
+from lakeserve.scoring.records import RecordResult, RequestResult, json_value
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _HASH_SPACE = float(2**64)
@@ -158,8 +158,8 @@ def _scalar_without_column(prediction: Any, prediction_columns: Sequence[str]) -
 
 
 def _model_values(record: RecordResult, prediction_columns: Sequence[str]) -> dict[str, Any]:
-    """Inputs the model saw (the request's value wins over the looked-up feature), then predictions."""
-    values = {k: v for k, v in {**record.features, **record.inputs}.items() if k not in prediction_columns}
+    """Inputs the model saw (:meth:`RecordResult.model_input`), then predictions."""
+    values = {k: v for k, v in record.model_input().items() if k not in prediction_columns}
     prediction = record.prediction
     if isinstance(prediction, Mapping):
         values.update({k: v for k, v in prediction.items() if k in prediction_columns})
@@ -176,7 +176,7 @@ def _body(body: bytes, cap: int) -> tuple[str | None, list[str]]:
 
 def _record_response(record: RecordResult) -> str:
     if record.ok:
-        return json.dumps(_plain(record.prediction), allow_nan=False)
+        return json.dumps(json_value(record.prediction), allow_nan=False)
     return json.dumps({"error_code": record.error_code, "message": record.message})
 
 
@@ -188,21 +188,6 @@ def _metadata(record: RecordResult, endpoint_name: str) -> list[tuple[str, str]]
         "served_entity": record.served_entity,
     }
     return [(k, v) for k, v in pairs.items() if v is not None]
-
-
-def _plain(value: Any) -> Any:
-    """JSON-ready: numpy scalars and arrays to Python, non-finite floats to null."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if hasattr(value, "tolist"):  # numpy scalar or array
-        return _plain(value.tolist())
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if value is None or isinstance(value, str | int | float | bool):
-        return value
-    return str(value)
 
 
 def _whole_ms(ms: float) -> int | None:

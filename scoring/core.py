@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import threading
 import time
 from collections import defaultdict
@@ -50,7 +49,6 @@ from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 from typing import Any, Protocol
 
-import numpy as np
 import pandas as pd
 
 from lakeserve.errors import (
@@ -63,9 +61,9 @@ from lakeserve.errors import (
     ScoringError,
     ScoringTimeout,
 )
-from lakeserve.features.lookup import FeatureLookup, key_problem, normalize_key
+from lakeserve.features.lookup import PRIVATE_KEY, FeatureLookup, key_problem, normalize_key
 from lakeserve.scoring.models import PREDICTION, ServedModel, conform, predict_isolating
-from lakeserve.scoring.records import RecordResult, RequestResult, ScoringRequest, Timings
+from lakeserve.scoring.records import RecordResult, RequestResult, ScoringRequest, Timings, json_value
 from lakeserve.scoring.requests import ParsedRequest, parse
 from lakeserve.scoring.routing import Router, key_string
 from lakeserve.scoring.settings import EndpointSettings
@@ -82,7 +80,9 @@ def utc_now() -> datetime:
 class Scorer(Protocol):
     """What the transports call: the core, or anything that scores like it."""
 
-    def score(self, requests: Sequence[ScoringRequest]) -> list[RequestResult]:
+    def score(
+        self, requests: Sequence[ScoringRequest], parsed: Sequence[ParsedRequest] | None = None
+    ) -> list[RequestResult]:
         """One result per request, in order; raises only ComponentError (a real part failed)."""
         ...
 
@@ -184,19 +184,24 @@ class ScoringCore:
         old, self._table = self._table, new
         return old
 
-    def score(self, requests: Sequence[ScoringRequest]) -> list[RequestResult]:
+    def score(
+        self, requests: Sequence[ScoringRequest], parsed: Sequence[ParsedRequest] | None = None
+    ) -> list[RequestResult]:
         """One result per request. Only a failing component raises (ComponentError); a bug met by
-        one request costs that request a 500 ``INTERNAL_ERROR``, the others are scored alone."""
+        one request costs that request a 500 ``INTERNAL_ERROR``, the others are scored alone.
+
+        ``parsed``: the requests' records as the transport already holds them (the batch job's
+        rows), instead of bodies to parse."""
         try:
-            return self._score(requests)
+            return self._score(requests, parsed)
         except ComponentError:
             raise
         except Exception:
             log.exception("scoring a batch of %d requests failed; scoring them one by one", len(requests))
         results = []
-        for request in requests:
+        for i, request in enumerate(requests):
             try:
-                results += self._score([request])
+                results += self._score([request], None if parsed is None else [parsed[i]])
             except ComponentError:
                 raise
             except Exception:
@@ -219,10 +224,16 @@ class ScoringCore:
                 return f"a predict call of served entity {call.model.name!r} has run for more than {limit} s"
         return None
 
-    def _score(self, requests: Sequence[ScoringRequest]) -> list[RequestResult]:
+    def _score(
+        self, requests: Sequence[ScoringRequest], given: Sequence[ParsedRequest] | None
+    ) -> list[RequestResult]:
         table = self._table  # one snapshot for the whole batch
         times = _BatchTimes()
-        parsed = [self._parse(r, times) for r in requests]
+        parsed: list[ParsedRequest | ScoringError]
+        if given is None:
+            parsed = [self._parse(r, times) for r in requests]
+        else:
+            parsed, times.parse_ms = list(given), [0.0] * len(given)
         items = self._route(requests, parsed, table)
         times.features_ms = self._add_features(items, table)
         for name, model in table.models.items():
@@ -307,7 +318,7 @@ class ScoringCore:
         todo = [it for it in todo if not it.done]
         if not todo:
             return 0.0
-        frame = pd.DataFrame([_model_input(it) for it in todo])
+        frame = pd.DataFrame([it.record.model_input() for it in todo])
         conformed = conform(frame, model.input_schema)
         for it, error in zip(todo, conformed.errors, strict=True):
             if error is not None:
@@ -414,6 +425,8 @@ def _rows(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _plain_rows(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    if frame.shape[1] == 0:  # a service of keys only: pandas gives no records at all for it
+        return [{} for _ in range(len(frame))]
     return [{str(k): v for k, v in row.items()} for row in frame.to_dict("records")]
 
 
@@ -439,11 +452,6 @@ def _null(value: Any) -> bool:
         return False
 
 
-def _model_input(it: _Item) -> dict[str, Any]:
-    """Looked-up features, then the request's non-null fields on top (request wins)."""
-    return {**it.record.features, **{k: v for k, v in it.fields.items() if not _null(v)}}
-
-
 def _key_error(
     service: str, join_keys: Sequence[str], key: tuple[Hashable | None, ...], types: Mapping[str, Any]
 ) -> InvalidInput | None:
@@ -459,7 +467,7 @@ def _key_error(
 
 
 def _describe(join_keys: Sequence[str], key: tuple[Hashable | None, ...]) -> str:
-    return ", ".join(f"{k}={v!r}" for k, v in zip(join_keys, key, strict=True))
+    return ", ".join(f"{k}={v!r}" for k, v in zip(join_keys, key, strict=True) if not k.startswith(PRIVATE_KEY))
 
 
 def _predictions(out: pd.DataFrame, rows: int) -> list[Any]:
@@ -470,17 +478,8 @@ def _predictions(out: pd.DataFrame, rows: int) -> list[Any]:
     values = _plain_rows(out.reset_index(drop=True))
     if out.shape[1] == 1:
         column = PREDICTION if PREDICTION in out.columns else str(out.columns[0])
-        return [_jsonable(v[column]) for v in values]
-    return [{k: _jsonable(v) for k, v in row.items()} for row in values]
-
-
-def _jsonable(value: Any) -> Any:
-    """Plain JSON values: numpy scalars unboxed, non-finite floats as null."""
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+        return [json_value(v[column]) for v in values]
+    return [{k: json_value(v) for k, v in row.items()} for row in values]
 
 
 def _result(

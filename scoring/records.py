@@ -7,6 +7,7 @@ A request that cannot be scored is not an exception but a result with an error s
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -60,6 +61,28 @@ class RecordResult:
     @property
     def ok(self) -> bool:
         return self.status_code == 200
+
+    def model_input(self) -> dict[str, Any]:
+        """What the model saw, or would have: the looked-up features, and the request's non-null
+        fields on top (a request field beats the feature of the same name). The scoring core
+        builds the model's frame with it and the inference table logs it, so the two agree."""
+        return {**self.features, **{k: v for k, v in self.inputs.items() if v is not None}}
+
+
+def json_value(value: Any) -> Any:
+    """A value as plain JSON: numpy scalars and arrays as Python, non-finite floats as null,
+    mappings and sequences walked, anything else as its string. The one cleaner of answers and rows."""
+    if value is None or isinstance(value, str | bool | int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): json_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_value(v) for v in value]
+    if hasattr(value, "tolist"):  # a numpy scalar or array
+        return json_value(value.tolist())
+    return str(value)
 
 
 @dataclass(slots=True)

@@ -17,6 +17,7 @@ LAYERS = {  # bottom up
     "lakeserve.jobs": 5,
     "lakeserve.settings": 6,
     "lakeserve.cli": 6,
+    "lakeserve.console": 6,
     "lakeserve.__main__": 6,
 }
 LAZY_ALLOWED = {"lakeserve.cli"}  # the edge may load a subcommand lazily

@@ -11,9 +11,9 @@ import pyarrow as pa
 import pytest
 
 from lakeserve.jobs.batch_models import RowsFailed, score_batch
-from lakeserve.jobs.batch_plan import EntityPlan, ScoringPlan
+from lakeserve.jobs.batch_plan import EntityPlan, ScoringPlan, batch_endpoint
 from lakeserve.scoring.routing import Router
-from lakeserve.scoring.settings import MlflowSettings, Route, ServedEntity, TrafficConfig
+from lakeserve.scoring.settings import EndpointSettings, MlflowSettings, Route, ServedEntity, TrafficConfig
 from lakeserve.scoring.testing import FakeServedModel
 
 INPUT = pa.schema([pa.field("x", pa.float64(), nullable=False)])
@@ -30,14 +30,14 @@ def _model(name: str, factor: float) -> FakeServedModel:
 
 
 def _plan(traffic: TrafficConfig, fail_on_error: bool = False) -> ScoringPlan:
-    entities = {
-        n: EntityPlan(ServedEntity(name=n, entity_name="m", entity_version="1"), None) for n in ("a1", "b2", "s3")
-    }
-    return ScoringPlan(traffic, entities, MlflowSettings(), "key", OUTPUT, fail_on_error=fail_on_error)
+    served = {n: ServedEntity(name=n, entity_name="m", entity_version="1") for n in ("a1", "b2", "s3")}
+    endpoint = batch_endpoint(EndpointSettings(served_entities=list(served.values()), traffic_config=traffic), served)
+    entities = {n: EntityPlan(e, None) for n, e in served.items()}
+    return ScoringPlan(endpoint, entities, MlflowSettings(), "key", OUTPUT, fail_on_error=fail_on_error)
 
 
 SPLIT = TrafficConfig(routes=[Route(served_model_name="a1", traffic_percentage=50),
-                              Route(served_model_name="b2", traffic_percentage=50)])  # fmt: skip
+                              Route(served_model_name="b2", traffic_percentage=50)], sticky_key="key")  # fmt: skip
 MODELS = {"a1": _model("a1", 1.0), "b2": _model("b2", 10.0), "s3": _model("s3", 100.0)}
 
 
@@ -46,7 +46,7 @@ def _batch(xs: list[float | None]) -> pa.RecordBatch:
 
 
 def test_rows_route_as_the_router_does_and_keep_their_order() -> None:
-    out = score_batch(_plan(SPLIT), MODELS, Router(SPLIT), _batch([i + 0.5 for i in range(40)])).to_pandas()
+    out = score_batch(_plan(SPLIT), MODELS, _batch([i + 0.5 for i in range(40)])).to_pandas()
     expected = Router(SPLIT).assign([f"k{i}" for i in range(40)])
     assert out["served_entity"].tolist() == expected
     assert set(expected) == {"a1", "b2"}
@@ -57,7 +57,7 @@ def test_rows_route_as_the_router_does_and_keep_their_order() -> None:
 
 
 def test_a_poison_row_fails_alone_and_a_bad_value_is_a_400() -> None:
-    out = score_batch(_plan(SPLIT), MODELS, Router(SPLIT), _batch([1.0, 13.0, None, 4.0, 5.0])).to_pandas()
+    out = score_batch(_plan(SPLIT), MODELS, _batch([1.0, 13.0, None, 4.0, 5.0])).to_pandas()
     assert out["status_code"].tolist() == [200, 500, 400, 200, 200]
     assert out.loc[1, "error_code"] == "MODEL_ERROR"
     assert "unlucky" in out.loc[1, "error_message"]
@@ -67,7 +67,7 @@ def test_a_poison_row_fails_alone_and_a_bad_value_is_a_400() -> None:
 
 def test_the_shadow_scores_a_copy_of_each_row_it_does_not_answer() -> None:
     traffic = SPLIT.model_copy(update={"shadow_model_name": "s3"})
-    out = score_batch(_plan(traffic), MODELS, Router(traffic), _batch([1.0, 2.0, 3.0])).to_pandas()
+    out = score_batch(_plan(traffic), MODELS, _batch([1.0, 2.0, 3.0])).to_pandas()
     answered, copies = out[~out.is_shadow], out[out.is_shadow]
     assert answered["x"].tolist() == [1.0, 2.0, 3.0]
     assert copies["x"].tolist() == [1.0, 2.0, 3.0]
@@ -77,4 +77,4 @@ def test_the_shadow_scores_a_copy_of_each_row_it_does_not_answer() -> None:
 
 def test_fail_on_error_raises_instead_of_recording() -> None:
     with pytest.raises(RowsFailed, match="MODEL_ERROR"):
-        score_batch(_plan(SPLIT, fail_on_error=True), MODELS, Router(SPLIT), _batch([1.0, 13.0]))
+        score_batch(_plan(SPLIT, fail_on_error=True), MODELS, _batch([1.0, 13.0]))

@@ -127,7 +127,7 @@ def test_kafka_loop_reports_batches_flushes_and_lag(stack: Settings, demo_assets
     thread = threading.Thread(target=worker.loop.run, args=(stop,), daemon=True)
     thread.start()
     try:
-        wait_until(lambda: worker.loop.stats.rows_logged >= 20, 90, "the Kafka worker did not log 20 rows")
+        wait_until(lambda: worker.loop.log.stats.rows_logged >= 20, 90, "the Kafka worker did not log 20 rows")
         wait_until(lambda: _sample(metrics, "lakeserve_kafka_consumer_lag") is not None, 30, "no lag was reported")
     finally:
         stop.set()

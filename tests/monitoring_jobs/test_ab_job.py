@@ -93,3 +93,16 @@ def test_tests_equal_scipy_and_false_positive_rate_is_alpha() -> None:
     assert z.statistic**2 == pytest.approx(chi.statistic, rel=1e-9)
     assert ab.holm([0.01, 0.04, 0.03], 0.05) == [True, False, False]
     assert ab.holm([0.01, 0.02, 0.03], 0.05) == [True, True, True]
+
+
+def test_rank_sums_in_spark_equal_scipy_without_a_single_partition_window(spark: SparkSession) -> None:
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 40, size=3000).astype(float)  # control, with ties
+    y = rng.integers(3, 43, size=2500).astype(float)  # treatment
+    rows = [("champion", float(v)) for v in x] + [("challenger", float(v)) for v in y]
+    df = spark.createDataFrame(rows, "arm STRING, v DOUBLE").repartition(4)
+    u, n1, n2, ties = ab.rank_sums(df, "arm", "v", "champion", "challenger")
+    assert (n1, n2) == (3000, 2500)
+    ref = stats.mannwhitneyu(y, x)
+    mw = ab.mann_whitney(u, n1, n2, ties)
+    assert (mw.statistic, mw.p_value) == (pytest.approx(ref.statistic), pytest.approx(ref.pvalue, abs=1e-9))

@@ -319,3 +319,20 @@ def test_every_body_format_scores_the_same(body: dict[str, Any]) -> None:
     [result] = core.score([request(body, clock)])
     assert answer(result) == {"predictions": [0.5]}
     assert result.records[0].inputs == {"customer_id": 1, "amount": 5.0}
+
+
+def test_the_row_logs_the_value_the_model_saw_for_a_null_request_field() -> None:
+    """A null field falls back to the looked-up feature for the model; the table shows that value."""
+    from lakeserve.monitoring.inference_rows import to_arrow
+    from lakeserve.monitoring.table_schema import inference_schema
+
+    clock, fake = ManualClock(), ratio("a")
+    core = ScoringCore(endpoint([("a", 100)]), {"a": fake}, lookup(), clock=clock.now)
+    [result] = core.score([request(records({"customer_id": 1, "amount": 5.0, "avg_amount": None}), clock)])
+    assert answer(result) == {"predictions": [0.5]}  # 5.0 / the store's 10.0
+    assert fake.seen[0]["avg_amount"].tolist() == [10.0]
+    schema = inference_schema(
+        {"customer_id": pa.int64(), "amount": pa.float64(), "avg_amount": pa.float64()}, {"prediction": pa.float64()}
+    )
+    row = to_arrow([result], schema, "ep", 1.0, 1 << 20).to_pylist()[0]
+    assert (row["avg_amount"], row["amount"], row["prediction"]) == (10.0, 5.0, 0.5)
