@@ -3,14 +3,15 @@
 One ``get_online_features(features=<FeatureService>, entity_rows=<columns>)`` call per feature
 service per micro-batch, never one per record. A key the online store does not hold comes back
 with status ``NOT_FOUND`` (``OUTSIDE_MAX_AGE`` when its row is older than the view's TTL) and a
-null value; such rows are ``found=False``. ``FeatureService`` objects, their join keys and
-feature types are read from the registry once and cached (registry reads are slow). Feast is
-imported lazily: importing it costs seconds, and only this module needs it.
+null value; such rows are ``found=False``, as are keys that are absent or not a value of their
+join key's type (the store is never asked for those). ``FeatureService`` objects, their join
+keys and feature types are read from the registry once and cached (registry reads are slow).
+Feast is imported lazily: importing it costs seconds, and only this module needs it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +20,7 @@ import pandas as pd
 import pyarrow as pa
 
 from lakeserve.errors import ComponentError, ConfigError
-from lakeserve.features.lookup import LookupResult, key_tuples
+from lakeserve.features.lookup import LookupResult, key_checker, key_tuples
 
 if TYPE_CHECKING:
     from feast import FeatureService, FeatureStore
@@ -56,7 +57,8 @@ class FeastFeatureLookup:
         return list(self._service(feature_service).join_keys)
 
     def key_types(self, feature_service: str) -> dict[str, pa.DataType | None]:
-        """The service's join keys with their Arrow types (for the inference table)."""
+        """The service's join keys with their Arrow types (for the inference table and for
+        :func:`~lakeserve.features.lookup.key_problem`)."""
         return dict(self._service(feature_service).key_types)
 
     def feature_types(self, feature_service: str) -> dict[str, pa.DataType | None]:
@@ -66,7 +68,8 @@ class FeastFeatureLookup:
     def get(self, feature_service: str, keys: pd.DataFrame) -> LookupResult:
         svc = self._service(feature_service)
         rows = key_tuples(keys[svc.join_keys])
-        usable = [i for i, row in enumerate(rows) if None not in row]
+        checks = [key_checker(svc.key_types.get(k)) for k in svc.join_keys]
+        usable = [i for i, row in enumerate(rows) if _askable(row, checks)]
         values: dict[str, list[Any]] = {f: [None] * len(rows) for f in svc.feature_types}
         found = np.zeros(len(rows), dtype=np.bool_)
         if usable:
@@ -119,6 +122,13 @@ class FeastFeatureLookup:
             for f in p.features
         }
         return _Service(service=service, join_keys=join_keys, key_types=key_types, feature_types=types)
+
+
+def _askable(row: tuple[Hashable | None, ...], checks: list[Callable[[Any], str | None]]) -> bool:
+    """Whether the store may be asked for this key: every part present and a value of its type.
+    The scoring core answers other keys 400 before it calls :meth:`FeastFeatureLookup.get`; for
+    any other caller they are ``found=False``, never a store call that fails like an outage."""
+    return all(v is not None and check(v) is None for v, check in zip(row, checks, strict=True))
 
 
 def _present_mask(response: Any, svc: _Service, rows: int) -> np.ndarray[Any, np.dtype[np.bool_]]:

@@ -11,7 +11,8 @@ as :class:`~lakeserve.errors.ComponentError` (wrapped where they enter).
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Mapping, Sequence
+import reprlib
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -75,41 +76,68 @@ MAX_KEY_CHARS = 1024
 PRIVATE_KEY = "__lakeserve_"  # a join key of this prefix is bookkeeping (the batch job's row), never shown
 
 
-def key_problem(value: Hashable | None, type_: pa.DataType | None) -> str | None:
-    """Why a normalized key value cannot be looked up as a key of Arrow type ``type_``, or None.
+def key_problem(value: Any, type_: pa.DataType | None) -> str | None:
+    """Why ``value`` (a request field, as sent or normalized; not null) cannot be looked up as an
+    entity key of Arrow type ``type_`` (None: any string or integer), or None when it can.
 
     A key of the wrong kind (``"abc"`` or ``1.5`` for an int64 key, a boolean, a list), out of the
-    type's range, non-finite or too long is the caller's mistake (a 400 for its record), never a
-    call to the store that fails as if the store were down."""
-    kind = type(value).__name__
-    if isinstance(value, bool) or not isinstance(value, int | str | bytes | float):
-        return f"expects {type_ or 'a string or an integer'}, got {kind} {_short(value)}"
-    if type_ is None:
-        return None if isinstance(value, int | str) and _short_enough(value) else f"got {kind} {_short(value)}"
-    if pa.types.is_integer(type_):
-        if not isinstance(value, int):
-            return f"expects an integer ({type_}), got {kind} {_short(value)}"
-        info = np.iinfo(type_.to_pandas_dtype())
-        if not info.min <= value <= info.max:
-            return f"{_short(value)} is out of range for {type_}"
+    type's range, non-finite or longer than :data:`MAX_KEY_CHARS` is the caller's mistake (a 400
+    for its record), never a call to the store that fails as if the store were down. A key of a
+    type not checked here (binary, timestamp) is left to the store."""
+    return key_checker(type_)(value)
+
+
+def key_checker(type_: pa.DataType | None) -> Callable[[Any], str | None]:
+    """:func:`key_problem` for one key type, with what depends on the type worked out once (for a
+    batch of keys)."""
+    family = "any" if type_ is None else _FAMILIES.get(type_, "other")
+    kind_ok = _KIND_OK.get(family, _any_value)
+    bools_ok = family in ("boolean", "other")  # True is an int to Python, not to a key type
+    wanted = _WANTED.get(family, "a value") + ("" if type_ is None else f" ({type_})")
+    bounds = _INT_BOUNDS[type_ or pa.int64()] if family in ("any", "integer") else None
+
+    def problem(value: Any) -> str | None:
+        key = None if type(value).__hash__ is None else normalize_key(value)  # a list is no key
+        if key is None or not kind_ok(key) or (not bools_ok and isinstance(key, bool)):
+            sent = value.item() if isinstance(value, np.generic) else value
+            return f"expects {wanted}, got {type(sent).__name__} {reprlib.repr(sent)}"
+        if isinstance(key, str) and len(key) > MAX_KEY_CHARS:
+            return f"is longer than {MAX_KEY_CHARS} characters"
+        if bounds is not None and isinstance(key, int) and not bounds[0] <= key <= bounds[1]:
+            return f"{reprlib.repr(key)} is out of range for {type_ or 'int64'}"
         return None
-    if pa.types.is_string(type_) or pa.types.is_large_string(type_):
-        if not isinstance(value, str):
-            return f"expects a string, got {kind} {_short(value)}"
-        return None if _short_enough(value) else f"is longer than {MAX_KEY_CHARS} characters"
-    if pa.types.is_floating(type_):
-        ok = isinstance(value, int | float) and math.isfinite(value)
-        return None if ok else f"expects a finite number, got {kind} {_short(value)}"
-    return None
+
+    return problem
 
 
-def _short_enough(value: int | str) -> bool:
-    return not isinstance(value, str) or len(value) <= MAX_KEY_CHARS
+_WANTED = {
+    "any": "a string or an integer",
+    "integer": "an integer",
+    "string": "a string",
+    "floating": "a finite number",
+    "boolean": "a boolean",
+}
+_INTEGERS = (pa.int8(), pa.int16(), pa.int32(), pa.int64(), pa.uint8(), pa.uint16(), pa.uint32(), pa.uint64())
+_INT_BOUNDS = {t: (int(np.iinfo(t.to_pandas_dtype()).min), int(np.iinfo(t.to_pandas_dtype()).max)) for t in _INTEGERS}
+_FAMILIES: dict[pa.DataType, str] = {  # the kind of key values an Arrow type holds; others: "other"
+    **dict.fromkeys(_INTEGERS, "integer"),
+    **dict.fromkeys((pa.string(), pa.large_string()), "string"),
+    **dict.fromkeys((pa.float16(), pa.float32(), pa.float64()), "floating"),
+    pa.bool_(): "boolean",
+}
 
 
-def _short(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
+def _any_value(key: Hashable) -> bool:
+    return True
+
+
+_KIND_OK: dict[str, Callable[[Hashable], bool]] = {
+    "any": lambda k: isinstance(k, int | str),
+    "integer": lambda k: isinstance(k, int),
+    "string": lambda k: isinstance(k, str),
+    "floating": lambda k: isinstance(k, int) or (isinstance(k, float) and math.isfinite(k)),
+    "boolean": lambda k: isinstance(k, bool),
+}
 
 
 def key_tuples(keys: pd.DataFrame) -> list[tuple[Hashable | None, ...]]:

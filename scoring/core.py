@@ -61,7 +61,7 @@ from lakeserve.errors import (
     ScoringError,
     ScoringTimeout,
 )
-from lakeserve.features.lookup import PRIVATE_KEY, FeatureLookup, key_problem, normalize_key
+from lakeserve.features.lookup import PRIVATE_KEY, FeatureLookup, key_checker, normalize_key
 from lakeserve.scoring.models import PREDICTION, ServedModel, conform, predict_isolating
 from lakeserve.scoring.records import RecordResult, RequestResult, ScoringRequest, Timings, json_value
 from lakeserve.scoring.requests import ParsedRequest, parse
@@ -293,10 +293,12 @@ class ScoringCore:
     def _lookup_service(self, service: str, group: list[_Item]) -> None:
         join_keys = self._lookup.entity_keys(service)
         types = self._lookup.key_types(service)
+        checks = [key_checker(types.get(k)) for k in join_keys]
         ready: list[tuple[_Item, tuple[Hashable | None, ...]]] = []
         for it in group:
-            key = tuple(normalize_key(it.fields.get(k)) for k in join_keys)
-            error = _key_error(service, join_keys, key, types)
+            sent = [it.fields.get(k) for k in join_keys]
+            key = tuple(normalize_key(v) for v in sent)
+            error = _key_error(service, join_keys, sent, key, checks)
             if error is not None:
                 it.fail(error)
             else:
@@ -453,14 +455,20 @@ def _null(value: Any) -> bool:
 
 
 def _key_error(
-    service: str, join_keys: Sequence[str], key: tuple[Hashable | None, ...], types: Mapping[str, Any]
+    service: str,
+    join_keys: Sequence[str],
+    sent: Sequence[Any],
+    key: tuple[Hashable | None, ...],
+    checks: Sequence[Callable[[Any], str | None]],
 ) -> InvalidInput | None:
-    """A record's entity key that is absent, or not a value of its type: 400 for that record."""
+    """A record's entity key that is absent, or not a value of its type: 400 for that record.
+    ``sent`` are the values as the request gave them (a list stays a list), ``key`` normalized,
+    ``checks`` the :func:`~lakeserve.features.lookup.key_checker` of each join key's type."""
     absent = [k for k, v in zip(join_keys, key, strict=True) if v is None]
     if absent:
         return InvalidInput(f"record lacks entity key {absent} needed by feature service {service!r}")
-    for name, value in zip(join_keys, key, strict=True):
-        problem = key_problem(value, types.get(name))
+    for name, value, check in zip(join_keys, sent, checks, strict=True):
+        problem = check(value)
         if problem is not None:
             return InvalidInput(f"entity key {name!r} {problem}")
     return None

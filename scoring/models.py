@@ -7,8 +7,11 @@ the inference table reuses), the feature service it reads (recorded with the mod
 frame of prediction columns from a frame of inputs.
 
 :func:`conform` checks an assembled input frame against that schema record by record: a
-missing column or value, or a value of the wrong type, is an ``INVALID_PARAMETER_VALUE`` (400)
-for that record only; the valid rows come back cast to the declared types.
+missing required column or value, or a value of the wrong type or out of the type's range (no
+silent wrap of an int32 or int64, no float32 overflow to infinity), is an
+``INVALID_PARAMETER_VALUE`` (400) for that record only; the valid rows come back cast to the
+declared types. An optional column that no record of the frame carries is null in every record,
+as it is in the records that lack it when another record carries it.
 """
 
 from __future__ import annotations
@@ -88,9 +91,10 @@ def conform(frame: pd.DataFrame, schema: pa.Schema | None) -> Conformed:
     columns: dict[str, pd.Series[Any]] = {}
     for f in schema:
         column = frame[f.name] if f.name in frame.columns else pd.Series([None] * len(frame), index=frame.index)
-        bad = _bad_rows(column, f, present=f.name in frame.columns)
+        present = f.name in frame.columns or f.nullable  # an optional column no record sent is all null
+        bad = _bad_rows(column, f, present=present)
         for pos in np.flatnonzero(bad.to_numpy()):
-            errors[pos] = errors[pos] or InvalidInput(_message(column.iloc[pos], f, f.name in frame.columns))
+            errors[pos] = errors[pos] or InvalidInput(_message(column.iloc[pos], f, present))
         columns[f.name] = column
     good = np.array([e is None for e in errors], dtype=np.bool_)
     out = pd.DataFrame(columns, index=frame.index)
@@ -132,8 +136,8 @@ def _type_ok(column: pd.Series[Any], t: pa.DataType) -> pd.Series[bool]:
             if np.iinfo(column.dtype).min >= info.min and np.iinfo(column.dtype).max <= info.max:
                 return pd.Series(True, index=column.index)  # every value of the column's own type fits
             return (column >= info.min) & (column <= info.max)
-        if kind == "f":
-            return ((column % 1 == 0) & (column >= info.min) & (column <= info.max)) | column.isna()
+        if kind == "f":  # floats compare with the exclusive bound: 2**63 - 1 as a float is 2**63
+            return ((column % 1 == 0) & (column >= info.min) & (column < float(info.max) + 1)) | column.isna()
         return column.map(lambda v: _is_integral(v) and info.min <= int(v) <= info.max).astype(bool)
     if pa.types.is_floating(t):
         limit = float(np.finfo(t.to_pandas_dtype()).max)
@@ -184,8 +188,8 @@ _CHECKS: dict[str, Callable[[Any], bool]] = {
 
 def _cast(column: pd.Series[Any], t: pa.DataType) -> pd.Series[Any]:
     """The valid values as the declared type; a nullable column keeps NaN (then stays float)."""
-    if pa.types.is_timestamp(t):
-        return pd.to_datetime(column, utc=True).dt.tz_localize(None)
+    if pa.types.is_timestamp(t):  # each value parsed on its own, as _is_timestamp checked it
+        return pd.to_datetime(column, utc=True, format="mixed").dt.tz_localize(None)
     if column.isna().any() or pa.types.is_string(t) or pa.types.is_binary(t):
         return column
     return column.astype(t.to_pandas_dtype())

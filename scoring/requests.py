@@ -15,8 +15,10 @@ caller allows them. :func:`parse` never raises for bad input: it returns the err
 
 Hostile bodies are refused here, before anything downstream can trip on them: values nested
 deeper than :data:`MAX_DEPTH` levels (``BAD_REQUEST``; JSON nested too deep for the decoder
-itself too), and strings holding a lone surrogate (``"\ud800"``, or the bytes of one: Python's
-decoder lets both through, and no UTF-8 consumer downstream accepts them).
+itself too), strings or field names holding a lone surrogate (``BAD_REQUEST``: ``"\\ud800"``, or
+the bytes of one; Python's decoder lets both through, and no UTF-8 consumer downstream accepts
+them) and integers beyond 64 bits (``INVALID_PARAMETER_VALUE``). The body's bytes are scanned in
+C first, so a body that cannot hold one of these costs no Python step per value.
 
 The records stay the JSON decoder's dicts (field names as strings; ``dataframe_split`` without
 ``columns`` names them ``"0"``, ``"1"``, ...): no frame is built per request. The scoring core
@@ -27,7 +29,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,65 +58,95 @@ class _NonFiniteError(ValueError):
     """Raised from inside ``json.loads`` when a non-finite number is met."""
 
 
+class _IntegerRangeError(ValueError):
+    """Raised from inside ``json.loads`` when an integer beyond 64 bits is met."""
+
+
 def parse(body: bytes, max_bytes: int, *, allow_non_finite: bool = False) -> ParsedRequest | ScoringError:
     """Parse one scoring body; a :class:`ScoringError` value says why it cannot be scored."""
     if len(body) > max_bytes:
         return PayloadTooLarge(f"request is {len(body)} bytes, over the limit of {max_bytes} bytes")
+    suspects = _suspects(body)
     try:
-        document = _decode(body, allow_non_finite)
+        document = _decode(body, allow_non_finite, suspects)
     except _NonFiniteError as exc:
         return InvalidInput(f"non-finite number {exc} is not allowed in a scoring request")
+    except _IntegerRangeError as exc:
+        return InvalidInput(f"integer {exc} is beyond 64 bits")
     except RecursionError:
         return BadRequest(f"body is nested deeper than {MAX_DEPTH} levels")
     except (ValueError, UnicodeDecodeError) as exc:
         return BadRequest(f"body is not valid JSON: {exc}")
     try:
-        _check_values(document, 0)
+        _refuse_hostile(document, suspects)
         return _parse_document(document)
     except ScoringError as exc:
         return exc
 
 
-def _check_values(value: Any, depth: int) -> None:
-    """Refuse nesting deeper than MAX_DEPTH, strings with lone surrogates and integers beyond 64
-    bits, anywhere (no model input type holds them; pandas cannot even build a frame of them)."""
-    kind = type(value)
-    if kind is str:
-        if not value.isascii():
-            _check_text(value)
-        return
-    if kind is int:
-        if not _INT_MIN <= value <= _INT_MAX:
-            raise InvalidInput(f"integer {str(value)[:30]}... is beyond 64 bits")
-        return
-    if kind is not dict and kind is not list:
-        return
-    if depth >= MAX_DEPTH:
+@dataclass(frozen=True, slots=True)
+class _Suspects:
+    """What a body's bytes may hold, found by scans in C; only that is then checked in Python."""
+
+    nesting: bool  # more than MAX_DEPTH brackets: maybe nested too deep
+    surrogates: bool  # an escape in \uD800-\uDFFF, or the (surrogatepass) bytes of one
+    long_digits: bool  # a run of 19 digits: maybe an integer beyond 64 bits, or a float beyond any
+    big_exponent: bool  # an exponent of 3 digits or more: maybe a float that overflows to infinity
+
+
+_SUSPECT_ALL = _Suspects(nesting=True, surrogates=True, long_digits=True, big_exponent=True)
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1  # int64 and uint64 values both pass
+_CONTAINERS = frozenset({dict, list})
+# the bytes as scanned: every digit a 0, \uD... as \ud..., E as e, { as [ and without "+"
+_SCAN, _DROPPED = bytes.maketrans(b"123456789DE{", b"000000000de["), b"+"
+_LONG_DIGITS = b"0" * 19  # the shortest integer beyond 64 bits, -9223372036854775809, has 19 digits
+
+
+def _suspects(body: bytes) -> _Suspects:
+    """The checks ``body`` needs. The decoder also reads UTF-16 and UTF-32, where the byte scans
+    see nothing: such a body is suspected of everything."""
+    if json.detect_encoding(body) not in ("utf-8", "utf-8-sig"):
+        return _SUSPECT_ALL
+    scanned = body.translate(_SCAN, _DROPPED)
+    return _Suspects(
+        nesting=scanned.count(b"[") > MAX_DEPTH,
+        surrogates=b"\\ud" in scanned or b"\xed" in scanned,  # \ud800-\udfff escaped, or their bytes
+        long_digits=_LONG_DIGITS in scanned,
+        big_exponent=b"e000" in scanned,
+    )
+
+
+def _refuse_hostile(document: Any, suspects: _Suspects) -> None:
+    """Raise BadRequest for nesting deeper than MAX_DEPTH or a lone surrogate anywhere in the body
+    (field names included): no model input holds them, and no UTF-8 consumer downstream (Arrow,
+    Kafka headers, JSON answers) accepts a lone surrogate."""
+    if suspects.nesting and type(document) in _CONTAINERS and _too_deep(document, 0):
         raise BadRequest(f"body is nested deeper than {MAX_DEPTH} levels")
-    if kind is dict:
-        for key, item in value.items():
-            if not key.isascii():
-                _check_text(key)
-            if type(item) in _CHECKED:
-                _check_values(item, depth + 1)
-    else:
-        for item in value:
-            if type(item) in _CHECKED:
-                _check_values(item, depth + 1)
+    if suspects.surrogates:
+        try:
+            json.dumps(document, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as exc:
+            near = exc.object[max(exc.start - 20, 0) : exc.end + 20]
+            raise BadRequest(f"body holds a lone surrogate (invalid UTF-16) in {near!r}") from None
 
 
-_CHECKED = frozenset({dict, list, str, int})
-_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
+def _too_deep(container: dict[str, Any] | list[Any], depth: int) -> bool:
+    """Whether ``container`` (at ``depth``, the body's own object at 0) or a container inside it
+    lies MAX_DEPTH levels deep. Scalars are skipped by ``map(type, ...)`` in C: only containers that
+    hold containers cost Python steps."""
+    if depth >= MAX_DEPTH:
+        return True
+    items: Iterable[Any] = container.values() if isinstance(container, dict) else container
+    if _CONTAINERS.isdisjoint(map(type, items)):
+        return False
+    return any(_too_deep(item, depth + 1) for item in items if type(item) in _CONTAINERS)
 
 
-def _check_text(text: str) -> None:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise BadRequest(f"body holds a lone surrogate (invalid UTF-16): {text[:40]!r}") from None
+def _decode(body: bytes, allow_non_finite: bool, suspects: _Suspects) -> Any:
+    """``json.loads`` refusing NaN/Infinity tokens and numbers that overflow to infinity (unless
+    allowed), and integers beyond 64 bits (no model input type holds them; pandas cannot build a
+    frame of them). Numbers are checked one by one in Python only where the bytes say they may need it."""
 
-
-def _decode(body: bytes, allow_non_finite: bool) -> Any:
     def constant(token: str) -> float:
         if not allow_non_finite:
             raise _NonFiniteError(token)
@@ -122,11 +154,27 @@ def _decode(body: bytes, allow_non_finite: bool) -> Any:
 
     def number(token: str) -> float:
         value = float(token)
-        if math.isinf(value) and not allow_non_finite:
-            raise _NonFiniteError(token)
+        if math.isinf(value):
+            raise _NonFiniteError(_shorter(token))
         return value
 
-    return json.loads(body, parse_constant=constant, parse_float=number)
+    def integer(token: str) -> int:
+        value = int(token) if len(token) <= 21 else None  # int() of a very long token is slow
+        if value is None or not _INT_MIN <= value <= _INT_MAX:
+            raise _IntegerRangeError(_shorter(token))
+        return value
+
+    overflows = not allow_non_finite and (suspects.long_digits or suspects.big_exponent)
+    return json.loads(
+        body,
+        parse_constant=constant,
+        parse_float=number if overflows else None,
+        parse_int=integer if suspects.long_digits else None,
+    )
+
+
+def _shorter(token: str) -> str:
+    return token if len(token) <= 30 else token[:27] + "..."
 
 
 def _parse_document(document: Any) -> ParsedRequest:

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lakeserve.features.lookup import FeatureTable, InMemoryFeatureLookup
+from lakeserve.features.lookup import FeatureTable, InMemoryFeatureLookup, key_problem
 from lakeserve.monitoring.inference_rows import to_arrow
 from lakeserve.monitoring.table_schema import inference_schema
 from lakeserve.pipelines.kafka_sinks import answer_headers, dead_letter_headers
@@ -31,13 +31,16 @@ SCHEMA = pa.schema([
     pa.field("amount", pa.float64(), nullable=False),
     pa.field("weight", pa.float32(), nullable=True),
     pa.field("category", pa.string(), nullable=True),
+    pa.field("visits", pa.int64(), nullable=True),
+    pa.field("seen_at", pa.timestamp("us", tz="UTC"), nullable=True),
     pa.field("avg_amount", pa.float64(), nullable=False),
 ])  # fmt: skip
 STATUSES = {200, 400, 404, 413, 500, 504}
 GOOD = {"customer_id": 1, "hour": 3, "amount": 5.0, "weight": 1.0, "category": "fuel"}
 TABLE = inference_schema(
     {"customer_id": pa.int64(), "hour": pa.int32(), "amount": pa.float64(), "weight": pa.float32(),
-     "category": pa.string(), "avg_amount": pa.float64()},
+     "category": pa.string(), "visits": pa.int64(), "seen_at": pa.timestamp("us", tz="UTC"),
+     "avg_amount": pa.float64()},
     {"prediction": pa.float64()},
 )  # fmt: skip
 
@@ -90,7 +93,15 @@ HOSTILE: list[tuple[str, bytes, int, str]] = [
     ("object key", records({**GOOD, "customer_id": {"id": 1}}), 400, "entity key"),
     ("key beyond int64", records({**GOOD, "customer_id": 2**63 + 1}), 400, "out of range"),
     ("integer beyond 64 bits", records({**GOOD, "amount": 2**70}), 400, "beyond 64 bits"),
+    ("integer below 64 bits", records({**GOOD, "amount": -(2**63) - 1}), 400, "beyond 64 bits"),
     ("int32 overflow", records({**GOOD, "hour": 2**40}), 400, "out of range"),
+    ("int32 overflow as a float", records({**GOOD, "hour": 2147483648.0}), 400, "expects int32, got 2147483648.0"),
+    ("2**63 as a float for int64", records({**GOOD, "visits": float(2**63)}), 400, "out of range"),
+    ("long string key", records({**GOOD, "customer_id": "a" * 100_000}), 400, "expects an integer (int64)"),
+    ("exponent overflow", b'{"inputs": {"customer_id": 1, "amount": 1E+400}}', 400, "non-finite"),
+    ("upper-case surrogate escape", b'{"inputs": {"category": "x\\uDFFF"}}', 400, "lone surrogate"),
+    ("surrogate in params", b'{"inputs": {"customer_id": 1}, "params": {"\\ud800": 1}}', 400, "surrogate"),
+    ("surrogate in UTF-16", '{"inputs": {"category": "\ud800"}}'.encode("utf-16", "surrogatepass"), 400, "surrogate"),
     ("float32 overflow", records({**GOOD, "weight": 1e39}), 400, "out of range"),
     ("NaN token", b'{"dataframe_records": [{"customer_id": 1, "amount": NaN}]}', 400, "non-finite"),
     ("boolean for an int", records({**GOOD, "hour": False}), 400, "got bool"),
@@ -109,6 +120,37 @@ def test_hostile_body_is_a_4xx_of_its_own_and_the_batch_goes_on(name: str, raw: 
     assert (good1.status_code, good2.status_code) == (200, 200)
     assert bad.status_code == status, (name, bad.message)
     assert says in (bad.message or ""), (name, bad.message)
+
+
+KEYS: list[tuple[Any, pa.DataType | None, str | None]] = [
+    (7, pa.int64(), None), (7.0, pa.int64(), None), ("abc", pa.int64(), "expects an integer (int64), got str 'abc'"),
+    (1.5, pa.int64(), "got float 1.5"), (True, pa.int64(), "got bool True"),
+    (2**31, pa.int32(), "out of range for int32"), (-1, pa.uint64(), "out of range for uint64"),
+    (float("inf"), pa.int64(), "got float inf"),
+    ("DE", pa.string(), None), (7, pa.string(), "expects a string (string), got int 7"),
+    ([1], pa.string(), "got list [1]"), ({"a": 1}, pa.string(), "got dict"), ("x" * 2000, pa.string(), "longer than"),
+    (2.5, pa.float64(), None), (float("nan"), pa.float64(), "expects a finite number"), (True, pa.bool_(), None),
+    (1, pa.bool_(), "expects a boolean (bool)"), ("a", None, None), (2**64, None, "out of range for int64"),
+    (1.5, None, "expects a string or an integer, got float 1.5"), (b"raw", pa.binary(), None),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("value", "type_", "says"), KEYS)
+def test_key_problem_names_what_a_key_of_its_type_cannot_be(value: Any, type_: Any, says: str | None) -> None:
+    problem = key_problem(value, type_)
+    assert (problem is None) == (says is None), problem
+    assert says is None or says in (problem or ""), problem
+
+
+def test_values_that_once_broke_a_batch_are_scored() -> None:
+    """Timestamps in different formats in one frame, and optional columns no record carries."""
+    core = new_core()
+    mixed = records({**GOOD, "seen_at": "2024-01-01"}, {**GOOD, "seen_at": "2024-01-01 10:00:00+05:00"})
+    required_only = records({"customer_id": 2, "hour": 1, "amount": 4.0})
+    results = core.score([request(mixed, "mixed")]) + core.score([request(required_only, "required-only")])
+    check(results, 2)
+    assert [r.status_code for r in results] == [200, 200], [r.message for r in results]
+    assert json.loads(results[1].response_body) == {"predictions": [0.2]}
 
 
 def test_a_bug_met_by_one_request_costs_only_that_request() -> None:
@@ -130,22 +172,31 @@ def test_a_bug_met_by_one_request_costs_only_that_request() -> None:
     assert "a bug" not in (results[1].message or "")  # the exception goes to the log, not to the client
 
 
-NASTY_TEXT = st.sampled_from(["", "\ud800", "\udfff", "\x00", "é", "💥", "a" * 2000, "NaN", "1e999", "-0"])
+NASTY_TEXT = st.sampled_from([
+    "", "\ud800", "\udfff", "\x00", "é", "💥", "a" * 2000, "NaN", "1e999", "-0", "2024-01-01",
+    "2024-01-01 10:00:00+05:00", "Jan 5 2024", "99999-01-01", "now",
+])  # fmt: skip
+NUMBERS = st.sampled_from(
+    [2**31, -(2**31) - 1, 2**53 + 1, 2**63 - 1, 2**63, 2**64 - 1, float(2**63), 1e39, 3.4e38, -0.0]
+)
 SCALARS = (
     st.none() | st.booleans() | st.integers(min_value=-(2**80), max_value=2**80)
-    | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=20) | NASTY_TEXT
+    | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=20) | NASTY_TEXT | NUMBERS
 )  # fmt: skip
 VALUES = st.recursive(
-    SCALARS, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4),
+    SCALARS,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4),
     max_leaves=20,
 )
-FIELDS = st.sampled_from(["customer_id", "hour", "amount", "weight", "category", "other", "\ud800"])
+FIELDS = st.sampled_from(
+    ["customer_id", "hour", "amount", "weight", "category", "visits", "seen_at", "other", "\ud800", ""]
+)
 RECORDS = st.lists(st.dictionaries(FIELDS, VALUES, max_size=6), min_size=0, max_size=4)
 
 
 @st.composite
 def bodies(draw: st.DrawFn) -> bytes:
-    kind = draw(st.sampled_from(["records", "split", "instances", "inputs", "extras", "raw", "json"]))
+    kind = draw(st.sampled_from(["records", "split", "instances", "inputs", "extras", "raw", "json", "utf16", "cut"]))
     rows = draw(RECORDS)
     if kind == "raw":
         return draw(st.binary(max_size=200))
@@ -161,7 +212,14 @@ def bodies(draw: st.DrawFn) -> bytes:
     if kind == "extras":
         document["params"] = draw(VALUES)
         document["client_request_id"] = draw(VALUES)
-    return json.dumps(document).encode("utf-8", "surrogatepass")
+    text = json.dumps(document, ensure_ascii=draw(st.booleans()))
+    if kind == "utf16":
+        return text.encode("utf-16", "surrogatepass")
+    raw = text.encode("utf-8", "surrogatepass")
+    if kind == "cut":  # a few bytes replaced somewhere
+        at = draw(st.integers(min_value=0, max_value=len(raw) - 1))
+        raw = raw[:at] + draw(st.binary(max_size=4)) + raw[at + 1 :]
+    return raw
 
 
 @settings(max_examples=200, deadline=None, derandomize=True, database=None,
@@ -173,3 +231,5 @@ def test_fuzzed_bodies_never_break_the_core(raws: list[bytes]) -> None:
     results = core.score(batch)
     check(results, len(batch))
     assert results[-1].status_code == 200  # the good request of the batch is answered
+    bugs = [(r.request.body[:200], r.message) for r in results if r.error_code == "INTERNAL_ERROR"]
+    assert not bugs  # the core turns a bug into a 500 of its own: no input may meet one
