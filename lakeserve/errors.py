@@ -23,12 +23,14 @@ class ConfigError(LakeserveError):
     """A setting is missing or breaks a rule; the message names the field."""
 
 
-def format_validation_error(exc: ValidationError, source: Path | None = None) -> str:
-    """One line per broken rule: ``endpoint.traffic_config: traffic percentages must sum to 100``."""
+def format_validation_error(exc: ValidationError, source: Path | None = None, section: str | None = None) -> str:
+    """One line per broken rule: ``endpoint.traffic_config: traffic percentages must sum to 100``.
+
+    ``section``: the name of the tree's section that was validated on its own (``http``)."""
     where = f" in {source}" if source is not None else ""
     lines = [f"invalid settings{where}:"]
     for err in exc.errors(include_url=False):
-        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+        loc = ".".join([*([section] if section else []), *(str(p) for p in err["loc"])]) or "(root)"
         msg = err["msg"].removeprefix("Value error, ")
         lines.append(f"  {loc}: {msg}")
     return "\n".join(lines)
@@ -89,10 +91,15 @@ class PayloadTooLarge(ScoringError):
 
 
 class ModelError(ScoringError):
-    """The model raised while predicting."""
+    """The model raised while predicting. ``message`` is what the client sees (stable, no model
+    internals); ``detail`` is the exception, for the log only."""
 
     status_code = 500
     error_code = "MODEL_ERROR"
+
+    def __init__(self, message: str, detail: str = "") -> None:
+        super().__init__(message)
+        self.detail = detail
 
 
 class ScoringTimeout(ScoringError):
@@ -103,10 +110,10 @@ class ScoringTimeout(ScoringError):
 
 
 class ResponseTooLarge(ScoringError):
-    """The answer could not be delivered: it is over the responses topic's size limit."""
+    """The answer is over ``limits.max_response_bytes``, or the responses topic refused it for its size."""
 
     status_code = 500
-    error_code = "RESPONSE_TOO_LARGE"
+    error_code = "MAX_RESPONSE_SIZE_EXCEEDED"
 
 
 class ServiceUnavailable(ScoringError):
@@ -114,3 +121,22 @@ class ServiceUnavailable(ScoringError):
 
     status_code = 503
     error_code = "TEMPORARILY_UNAVAILABLE"
+
+
+class Overloaded(ServiceUnavailable):
+    """Too much work waits already (``http.max_queued``); retry after ``retry_after_s``."""
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class RateLimited(ScoringError):
+    """The client is over its request rate (``http.rate_limit``); retry after ``retry_after_s``."""
+
+    status_code = 429
+    error_code = "REQUEST_LIMIT_EXCEEDED"
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s

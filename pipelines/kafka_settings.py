@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+MiB = 1024 * 1024
 
 
 class KafkaSettings(BaseModel):
@@ -57,6 +59,22 @@ class KafkaSettings(BaseModel):
     ssl_cafile: Path | None = None
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
+    max_message_bytes: int = Field(
+        default=20 * MiB,
+        ge=MiB,
+        description="largest message lakeserve produces and the max.message.bytes of topics it creates (and of "
+        "the embedded broker); at least the endpoint's largest request or answer plus headers",
+    )
+
+    @field_validator("sasl_mechanism")
+    @classmethod
+    def _no_token_provider(cls, value: str | None) -> str | None:
+        if value == "OAUTHBEARER":
+            raise ValueError(
+                "OAUTHBEARER is not supported: lakeserve has no token provider; use SCRAM-SHA-512, SCRAM-SHA-256 "
+                "or PLAIN over SASL_SSL"
+            )
+        return value
 
     @model_validator(mode="after")
     def _backoff_ordered(self) -> KafkaSettings:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from lakeserve.errors import ComponentError, ResponseTooLarge
+from lakeserve.pipelines.kafka_errors import check_login
 from lakeserve.pipelines.kafka_settings import KafkaSettings
 from lakeserve.scoring.records import RequestResult
 
@@ -79,8 +80,9 @@ class KafkaResponseSink:
     Every wait is bounded by ``kafka.ack_timeout_ms``, so a broker that is down costs the
     delivery loop one timeout per attempt (and it can stop), never a hang."""
 
-    def __init__(self, kafka: KafkaSettings, max_request_bytes: int) -> None:
-        self.kafka, self._max_request_bytes = kafka, max_request_bytes
+    def __init__(self, kafka: KafkaSettings) -> None:
+        self.kafka = kafka
+        check_login(kafka)  # refused credentials: one clear error, not a bootstrap that times out
         self.producer = self._new_producer()
 
     def _new_producer(self) -> Any:
@@ -94,7 +96,7 @@ class KafkaResponseSink:
                 acks="all",
                 linger_ms=2,
                 retries=5,
-                max_request_size=self._max_request_bytes + 1024 * 1024,
+                max_request_size=self.kafka.max_message_bytes,  # the topics' max.message.bytes
                 client_id=f"lakeserve-{self.kafka.group_id}",
                 max_block_ms=timeout_ms,  # send() waits this long for metadata, at most
                 request_timeout_ms=timeout_ms,

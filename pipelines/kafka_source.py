@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 
 from lakeserve.errors import ComponentError
+from lakeserve.pipelines.kafka_errors import check_login
 from lakeserve.pipelines.kafka_raw import RawRecord, read_batch
 from lakeserve.pipelines.kafka_settings import KafkaSettings
 from lakeserve.scoring.records import Origin, ScoringRequest
@@ -99,8 +100,10 @@ class KafkaRequestSource:
 
         self.kafka, self.limits, self.clock = kafka, limits, clock
         self.metrics = metrics  # optional hook: told the consumer lag before each poll
-        self._max_fetch_bytes = limits.max_request_bytes + 1024 * 1024
+        # a record is at most the topic's max.message.bytes, which is at least the largest request
+        self._max_fetch_bytes = max(kafka.max_message_bytes, limits.max_request_bytes + 1024 * 1024)
         self._topic_ids: dict[str, str | None] = {}
+        check_login(kafka)  # refused credentials: one clear error, not a bootstrap that times out
         try:
             self.admin = KafkaAdminClient(**kafka.client_options(), client_id=f"lakeserve-{kafka.group_id}-admin",
                                           request_timeout_ms=kafka.ack_timeout_ms)  # fmt: skip

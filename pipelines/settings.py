@@ -21,6 +21,8 @@ from lakeserve.pipelines.http_settings import HttpSettings
 from lakeserve.pipelines.kafka_settings import KafkaSettings
 from lakeserve.scoring.settings import EndpointSettings, MlflowSettings
 
+MESSAGE_OVERHEAD_BYTES = 64 * 1024  # a message's key, headers (error text up to 4 kB) and batch framing
+
 
 class ServiceSettings(BaseModel):
     """``stack``, ``kafka``, ``mlflow``, ``feast``, ``tables``, ``endpoint`` and ``http``."""
@@ -54,6 +56,19 @@ class ServiceSettings(BaseModel):
             self.feast = self.feast.model_copy(update={"repo_path": state / "feast"})
         if self.tables.root is None:
             self.tables = self.tables.model_copy(update={"root": str(state / "tables")})
+        return self
+
+    @model_validator(mode="after")
+    def _messages_fit_kafka(self) -> Self:
+        """Every request the endpoint accepts and every answer it gives fits in one Kafka message."""
+        limits = self.endpoint.limits
+        largest = max(limits.max_request_bytes, limits.max_response_bytes)
+        if self.kafka.max_message_bytes < largest + MESSAGE_OVERHEAD_BYTES:
+            raise ValueError(
+                f"kafka.max_message_bytes ({self.kafka.max_message_bytes}) must be at least the larger of "
+                f"endpoint.limits.max_request_bytes and max_response_bytes ({largest}) plus "
+                f"{MESSAGE_OVERHEAD_BYTES} bytes for the key, headers and batch framing"
+            )
         return self
 
     @property

@@ -20,6 +20,7 @@ from lakeserve.monitoring.delta_writer import DeltaInferenceWriter
 from lakeserve.pipelines.crash_guard import CrashGuard
 from lakeserve.pipelines.delivery_loop import DeliveryLoop, RetryPolicy
 from lakeserve.pipelines.inference_table import new_inference_log, row_format, table_schema
+from lakeserve.pipelines.kafka_errors import check_login
 from lakeserve.pipelines.kafka_settings import KafkaSettings
 from lakeserve.pipelines.kafka_sinks import KafkaResponseSink
 from lakeserve.pipelines.kafka_source import KafkaRequestSource, RebalanceHandler
@@ -48,6 +49,7 @@ def build_worker(
     guard: CrashGuard | None = None,
 ) -> Worker:
     endpoint = endpoint or settings.endpoint
+    check_login(settings.kafka)  # refused Kafka credentials fail at once, before the models load
     lookup = FeastFeatureLookup(feature_store(settings.feast))
     models = load_models(settings, endpoint)
     core = ScoringCore(endpoint, models, lookup)
@@ -68,7 +70,7 @@ def build_worker(
     loop = DeliveryLoop(
         make_source,
         core,
-        KafkaResponseSink(settings.kafka, endpoint.limits.max_request_bytes),
+        KafkaResponseSink(settings.kafka),
         inference_log,
         retry_policy(settings.kafka),
         before_batch=before_batch,

@@ -24,7 +24,8 @@
 6. answer: ``{"predictions": [...]}`` (a scalar per record for one output, an object per
    record for several) when every answered record succeeded. Otherwise the request answers
    with its first failing record's status and ``{"error_code", "message"}``, as MLflow's
-   scoring server fails a whole request; every record keeps its own status for the log.
+   scoring server fails a whole request; every record keeps its own status for the log. An
+   answer over ``limits.max_response_bytes`` becomes ``MAX_RESPONSE_SIZE_EXCEEDED`` (500).
 
 Failures of a real component (Feast down: ``ComponentError``) are not bad input: they raise
 out of :meth:`ScoringCore.score`, so the pipeline does not commit the batch and retries it.
@@ -58,6 +59,7 @@ from lakeserve.errors import (
     InvalidInput,
     ModelError,
     NotFound,
+    ResponseTooLarge,
     ScoringError,
     ScoringTimeout,
 )
@@ -135,6 +137,7 @@ class _Item:
     """One record on its way to one served entity (an answered record or a shadow copy)."""
 
     request: int  # position of its request in the batch
+    request_id: str
     fields: dict[str, Any]
     record: RecordResult
     deadline: datetime
@@ -244,7 +247,8 @@ class ScoringCore:
         for it in items:
             by_request[it.request].append(it)
         return [
-            _result(req, parsed[i], [it.record for it in by_request[i]], times, i, self._clock())
+            _capped(_result(req, parsed[i], [it.record for it in by_request[i]], times, i, self._clock()),
+                    table.endpoint.limits.max_response_bytes)
             for i, req in enumerate(requests)
         ]
 
@@ -276,7 +280,7 @@ class ScoringCore:
                 deadline = request.received_at + timeout
                 for name, shadow in _copies(entity, table.router):
                     record = _new_record(index, table.models[name], row, shadow)
-                    items.append(_Item(pos, row, record, deadline))
+                    items.append(_Item(pos, request.request_id, row, record, deadline))
         return items
 
     def _add_features(self, items: list[_Item], table: RoutingTable) -> float:
@@ -339,6 +343,8 @@ class ScoringCore:
         elapsed = (time.perf_counter() - start) * 1000
         for i, prediction, failure in zip(ok, _predictions(out, len(ok)), failures, strict=True):
             if failure is not None:
+                log.error("request %s record %d: served entity %r failed: %s",
+                          todo[i].request_id, todo[i].record.record_index, model.name, failure.detail)  # fmt: skip
                 todo[i].fail(failure)
             else:
                 todo[i].record.prediction, todo[i].record.execution_time_ms = prediction, elapsed
@@ -518,6 +524,18 @@ def _result(
         )  # fmt: skip
     body = _json({"predictions": [r.prediction for r in answered]})
     return RequestResult(request, 200, body, ordered, parsed.client_request_id, None, None, served, timings)
+
+
+def _capped(result: RequestResult, max_bytes: int) -> RequestResult:
+    """An answer over ``limits.max_response_bytes`` is replaced by a ``MAX_RESPONSE_SIZE_EXCEEDED`` (500)
+    answer; its records keep their predictions for the log and take the error's status."""
+    if len(result.response_body) <= max_bytes:
+        return result
+    error = ResponseTooLarge(
+        f"the answer is {len(result.response_body)} bytes, over the endpoint's limit of {max_bytes} bytes "
+        "(limits.max_response_bytes); send fewer records per request"
+    )
+    return result.as_error(error, _json({"error_code": error.error_code, "message": error.message}))
 
 
 def _failed(

@@ -257,7 +257,8 @@ def predict_isolating(model: ServedModel, frame: pd.DataFrame) -> tuple[pd.DataF
         return out.reset_index(drop=True), [None] * len(frame)
     except Exception as exc:  # the model is user code: wrapped where it enters
         if len(frame) == 1:
-            error = ModelError(f"served entity {model.name!r} failed: {type(exc).__name__}: {exc}")
+            # the client sees a stable message; the exception goes to the log with the request id (core)
+            error = ModelError(f"served entity {model.name!r} failed on this record", f"{type(exc).__name__}: {exc}")
             return pd.DataFrame(index=range(1)), [error]
     half = len(frame) // 2
     first, first_errors = predict_isolating(model, frame.iloc[:half].reset_index(drop=True))

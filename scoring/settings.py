@@ -90,6 +90,11 @@ class AutoCaptureConfig(_Section):
 
 class Limits(_Section):
     max_request_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
+    max_response_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        gt=0,
+        description="an answer larger than this is replaced by a 500 MAX_RESPONSE_SIZE_EXCEEDED answer",
+    )
     timeout_s: float = Field(default=60.0, gt=0)
     max_batch_size: int = Field(default=256, ge=1, le=100_000)
     max_batch_wait_ms: int = Field(default=20, ge=0, le=60_000)

@@ -40,6 +40,7 @@ TEST_OVERRIDES = {
     },
     "mlflow": {"ui_port": None},
 }
+SCRAM_USER, SCRAM_PASSWORD = "scorer", "s3cret-for-tests"
 
 
 @pytest.fixture(scope="session")
@@ -50,11 +51,19 @@ def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def config_file(state_dir: Path) -> Path:
     """The test session's settings as a YAML file, so subprocesses load exactly the same tree."""
-    kafka_port, controller_port = free_ports(2)
+    kafka_port, controller_port, ssl_port, sasl_ssl_port = free_ports(4)
     data = {
         **TEST_OVERRIDES,
         "kafka": {**TEST_OVERRIDES["kafka"], "bootstrap_servers": [f"127.0.0.1:{kafka_port}"]},
-        "stack": {"state_dir": str(state_dir), "kafka_port": kafka_port, "kafka_controller_port": controller_port},
+        # the one broker of the session also serves TLS and SASL_SSL (tests/stack/test_kafka_security.py)
+        "stack": {
+            "state_dir": str(state_dir),
+            "kafka_port": kafka_port,
+            "kafka_controller_port": controller_port,
+            "kafka_ssl_port": ssl_port,
+            "kafka_sasl_ssl_port": sasl_ssl_port,
+            "kafka_scram_users": {SCRAM_USER: SCRAM_PASSWORD},
+        },
     }
     path = state_dir / "lakeserve.yaml"
     path.write_text(yaml.safe_dump(data))

@@ -3,12 +3,21 @@
 On first use ``kafka_pom.xml`` is resolved by Maven into ``<cache_dir>/kafka-<version>/libs``;
 the storage is formatted once under ``<state_dir>/kafka``; the broker is ready only when a real
 admin client has listed the cluster's topics.
+
+PLAINTEXT on ``stack.kafka_port`` carries the controller's and the broker's own traffic and is
+always there. ``stack.kafka_ssl_port`` adds a TLS listener and ``stack.kafka_sasl_ssl_port`` a
+TLS listener with SCRAM-SHA-512 logins, both with the certificates of
+:mod:`~lakeserve.pipelines.embedded.tls` (read as PEM stores). The SCRAM users are written into
+the metadata when the storage is formatted; a later change of ``stack.kafka_scram_users`` is
+refused with the fix (a fresh storage), never ignored. The broker accepts messages up to
+``kafka.max_message_bytes`` (``message.max.bytes``), and the topics lakeserve creates say so too.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import socket
 import subprocess
 import uuid
@@ -19,6 +28,8 @@ from lakeserve.errors import ComponentError
 from lakeserve.pipelines.embedded.prereqs import require_java, require_maven
 from lakeserve.pipelines.embedded.process import ManagedProcess
 from lakeserve.pipelines.embedded.settings import StackSettings
+from lakeserve.pipelines.embedded.tls import BrokerTls, ensure_broker_tls
+from lakeserve.pipelines.kafka_errors import check_login
 from lakeserve.pipelines.kafka_settings import KafkaSettings
 
 _LOG4J2 = """Configuration:
@@ -36,16 +47,31 @@ _LOG4J2 = """Configuration:
 
 
 class KafkaBroker:
-    """The embedded broker: ``start()``, ``stop()``, ``running``, ``bootstrap``."""
+    """The embedded broker: ``start()``, ``stop()``, ``running``, ``bootstrap``, ``listeners``."""
 
-    def __init__(self, stack: StackSettings) -> None:
+    def __init__(self, stack: StackSettings, max_message_bytes: int = KafkaSettings().max_message_bytes) -> None:
         self.stack = stack
+        self.max_message_bytes = max_message_bytes
         self.home = stack.state_dir / "kafka"
         self.process = ManagedProcess("kafka", self.home)
 
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.stack.kafka_port}"
+
+    @property
+    def listeners(self) -> dict[str, str]:
+        """Security protocol → ``host:port`` of every client listener (PLAINTEXT first)."""
+        ports = {"PLAINTEXT": self.stack.kafka_port, "SSL": self.stack.kafka_ssl_port,
+                 "SASL_SSL": self.stack.kafka_sasl_ssl_port}  # fmt: skip
+        return {name: f"127.0.0.1:{port}" for name, port in ports.items() if port is not None}
+
+    @property
+    def tls(self) -> BrokerTls | None:
+        """Where the CA clients trust and the broker's key and chain lie, when a TLS listener is on."""
+        if self.stack.kafka_ssl_port is None and self.stack.kafka_sasl_ssl_port is None:
+            return None
+        return BrokerTls(self.home / "tls" / "ca.pem", self.home / "tls" / "broker.pem")
 
     @property
     def libs(self) -> Path:
@@ -58,14 +84,19 @@ class KafkaBroker:
     def start(self, timeout_s: float = 90.0) -> None:
         """Resolve jars if needed, format storage once, start, wait until a client is served."""
         java = require_java()
-        for port in (self.stack.kafka_port, self.stack.kafka_controller_port):
-            if not port_is_free(port):
-                raise ComponentError("kafka", f"port {port} on 127.0.0.1 is in use by another program; "
-                                     "stop it or set stack.kafka_port / stack.kafka_controller_port")
+        s = self.stack
+        for port in (s.kafka_port, s.kafka_controller_port, s.kafka_ssl_port, s.kafka_sasl_ssl_port):
+            if port is not None and not port_is_free(port):
+                raise ComponentError("kafka", f"port {port} on 127.0.0.1 is in use by another program; stop it "
+                                     "or set stack.kafka_port / kafka_controller_port / kafka_ssl_port / "
+                                     "kafka_sasl_ssl_port")  # fmt: skip
         self.resolve()
+        if self.tls is not None:
+            ensure_broker_tls(self.tls.ca_file.parent)
         config = self._write_config()
         if not (self.home / "data" / "meta.properties").exists():
             self._format(java, config)
+        self._check_scram_users()
         self.process.start(
             [
                 java,
@@ -118,11 +149,14 @@ class KafkaBroker:
             "process.roles": "broker,controller",
             "node.id": "1",
             "controller.quorum.bootstrap.servers": f"127.0.0.1:{s.kafka_controller_port}",
-            "listeners": f"PLAINTEXT://127.0.0.1:{s.kafka_port},CONTROLLER://127.0.0.1:{s.kafka_controller_port}",
-            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{s.kafka_port}",
+            "listeners": ",".join([*self._advertised(), f"CONTROLLER://127.0.0.1:{s.kafka_controller_port}"]),
+            "advertised.listeners": ",".join(self._advertised()),
             "controller.listener.names": "CONTROLLER",
-            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            "listener.security.protocol.map": ",".join(["CONTROLLER:PLAINTEXT", *(f"{n}:{n}" for n in self.listeners)]),
             "inter.broker.listener.name": "PLAINTEXT",
+            "message.max.bytes": str(self.max_message_bytes),
+            "replica.fetch.max.bytes": str(self.max_message_bytes),
+            **self._security(),
             "log.dirs": str(self.home / "data"),
             "num.partitions": "4",
             "offsets.topic.replication.factor": "1",
@@ -142,7 +176,52 @@ class KafkaBroker:
         (self.home / "log4j2.yaml").write_text(_LOG4J2.format(log=self.home / "server.log"))
         return config
 
+    def _advertised(self) -> list[str]:
+        return [f"{name}://{address}" for name, address in self.listeners.items()]
+
+    def _security(self) -> dict[str, str]:
+        """PEM key and trust stores for the TLS listeners; SCRAM-SHA-512 on the SASL_SSL one."""
+        props: dict[str, str] = {}
+        if self.tls is not None:
+            props |= {
+                "ssl.keystore.type": "PEM",
+                "ssl.keystore.location": str(self.tls.keystore_file),
+                "ssl.truststore.type": "PEM",
+                "ssl.truststore.location": str(self.tls.ca_file),
+                "ssl.client.auth": "none",
+            }
+        if self.stack.kafka_sasl_ssl_port is not None:
+            props |= {
+                "sasl.enabled.mechanisms": "SCRAM-SHA-512",
+                "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config":
+                    "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+            }  # fmt: skip
+        return props
+
+    @property
+    def _scram_marker(self) -> Path:
+        """A digest of the users the storage was formatted with (never the passwords themselves)."""
+        return self.home / "scram-users.sha256"
+
+    def _scram_digest(self) -> str:
+        users = sorted((name, pw.get_secret_value()) for name, pw in self.stack.kafka_scram_users.items())
+        return hashlib.sha256(repr(users).encode()).hexdigest()
+
+    def _check_scram_users(self) -> None:
+        marker = self._scram_marker
+        formatted = marker.read_text().strip() if marker.exists() else hashlib.sha256(b"[]").hexdigest()
+        if formatted != self._scram_digest():
+            raise ComponentError(
+                "kafka",
+                "stack.kafka_scram_users differ from the users the storage was formatted with; SCRAM users are "
+                f"set only when the storage is formatted: `lakeserve down`, then remove {self.home / 'data'}",
+            )
+
     def _format(self, java: str, config: Path) -> None:
+        scram = [
+            f'--add-scram=SCRAM-SHA-512=[name={name},password="{pw.get_secret_value()}"]'
+            for name, pw in self.stack.kafka_scram_users.items()
+        ]
         cmd = [
             java,
             "-cp",
@@ -153,10 +232,15 @@ class KafkaBroker:
             "-c",
             str(config),
             "--standalone",
+            *scram,
         ]
         result = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if result.returncode != 0:
-            raise ComponentError("kafka", f"formatting storage failed: {(result.stdout + result.stderr)[-1500:]}")
+            out = result.stdout + result.stderr
+            for pw in self.stack.kafka_scram_users.values():
+                out = out.replace(pw.get_secret_value(), "**********")
+            raise ComponentError("kafka", f"formatting storage failed: {out[-1500:]}")
+        self._scram_marker.write_text(self._scram_digest())
 
     def _serves_clients(self) -> bool:
         return list_topics(KafkaSettings(bootstrap_servers=[self.bootstrap])) is not None
@@ -201,17 +285,20 @@ def list_topics(kafka: KafkaSettings, timeout_ms: int = 2000) -> set[str] | None
 
 
 def ensure_topics(kafka: KafkaSettings, names: list[str] | None = None) -> set[str]:
-    """Create the request, response and dead-letter topics if missing; returns those created."""
+    """Create the request, response and dead-letter topics if missing (each taking messages up to
+    ``kafka.max_message_bytes``); returns those created."""
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
     from kafka.errors import KafkaError, TopicAlreadyExistsError
 
     wanted = names or [kafka.requests_topic, kafka.responses_topic, kafka.dead_letter_topic]
+    check_login(kafka)
     admin = KafkaAdminClient(**kafka.client_options(), client_id="lakeserve-admin")
     try:
         missing = [t for t in wanted if t not in set(admin.list_topics())]
         if missing:
-            new = [NewTopic(t, num_partitions=kafka.partitions, replication_factor=1) for t in missing]
+            configs = {"max.message.bytes": str(kafka.max_message_bytes)}
+            new = [NewTopic(t, kafka.partitions, 1, topic_configs=configs) for t in missing]
             with contextlib.suppress(TopicAlreadyExistsError):  # another worker was quicker
                 admin.create_topics(new)
         return set(missing)

@@ -1,6 +1,7 @@
 """The embedded stack: the components ``lakeserve up`` starts and ``lakeserve down`` stops.
 
-Kafka (with the endpoint's topics), the MLflow UI over the SQLite store when ``mlflow.ui_port``
+Kafka (with the endpoint's topics; its status line names the TLS listeners and the CA file that
+their clients trust, ``kafka.ssl_cafile``), the MLflow UI over the SQLite store when ``mlflow.ui_port``
 is set, and Redis when the Feast online store is Redis. MLflow tracking itself, Feast's SQLite
 store and Spark need no process: clients open them directly.
 """
@@ -38,7 +39,7 @@ class Stack:
 
     def __init__(self, settings: ServiceSettings) -> None:
         self.settings = settings
-        self.kafka = KafkaBroker(settings.stack)
+        self.kafka = KafkaBroker(settings.stack, settings.kafka.max_message_bytes)
         self.mlflow_ui = MlflowUi(settings.mlflow, settings.stack.state_dir) if settings.mlflow.ui_port else None
         self.redis = (
             RedisServer(settings.stack.redis_port, settings.stack.state_dir)
@@ -47,7 +48,7 @@ class Stack:
         )
 
     def components(self) -> list[tuple[str, Component, str]]:
-        out: list[tuple[str, Component, str]] = [("kafka", self.kafka, self.kafka.bootstrap)]
+        out: list[tuple[str, Component, str]] = [("kafka", self.kafka, _kafka_address(self.kafka))]
         if self.redis is not None:
             out.append(("redis", self.redis, f"127.0.0.1:{self.redis.port}"))
         if self.mlflow_ui is not None:
@@ -71,3 +72,11 @@ class Stack:
 
     def status(self) -> list[StackStatus]:
         return [StackStatus(name, c.process.pid(), address) for name, c, address in self.components()]
+
+
+def _kafka_address(broker: KafkaBroker) -> str:
+    """``127.0.0.1:9092``, then the TLS listeners and the CA file their clients trust, if any."""
+    extra = [f"{name} {address}" for name, address in broker.listeners.items() if name != "PLAINTEXT"]
+    if broker.tls is None:
+        return broker.bootstrap
+    return f"{broker.bootstrap} ({', '.join(extra)}; CA {broker.tls.ca_file})"

@@ -53,7 +53,8 @@ class Answer:
 
 
 def produce(settings: Settings, bodies: list[bytes], keys: list[bytes] | None = None, topic: str | None = None) -> None:
-    producer = KafkaProducer(**settings.kafka.client_options(), linger_ms=5, max_request_size=20 * 1024 * 1024)
+    producer = KafkaProducer(**settings.kafka.client_options(), linger_ms=5,
+                             max_request_size=settings.kafka.max_message_bytes)  # fmt: skip
     for i, body in enumerate(bodies):
         producer.send(topic or settings.kafka.requests_topic, value=body, key=keys[i] if keys else str(i).encode())
     producer.flush()
@@ -67,8 +68,8 @@ def read_topic(
     consumer = KafkaConsumer(
         **settings.kafka.client_options(),
         enable_auto_commit=False,
-        fetch_max_bytes=50 * 1024 * 1024,
-        max_partition_fetch_bytes=20 * 1024 * 1024,
+        fetch_max_bytes=max(50 * 1024 * 1024, settings.kafka.max_message_bytes),
+        max_partition_fetch_bytes=settings.kafka.max_message_bytes,
     )
     parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
     consumer.assign(parts)

@@ -201,12 +201,12 @@ def test_unacknowledged_answers_are_sent_again_and_a_refused_one_becomes_an_erro
     loop.run_once()
     assert [(r.request.request_id, r.status_code, r.error_code) for r in sink.delivered] == [
         ("r0", 200, None),
-        ("r1", 500, "RESPONSE_TOO_LARGE"),
+        ("r1", 500, "MAX_RESPONSE_SIZE_EXCEEDED"),
     ]
     rows = writer.rows().to_pylist()
     assert [(r["kafka_offset"], r["status_code"], r["error_code"]) for r in rows] == [
         (0, 200, None),
-        (1, 500, "RESPONSE_TOO_LARGE"),
+        (1, 500, "MAX_RESPONSE_SIZE_EXCEEDED"),
     ]
     assert loop.stats.answer_retries == 2
 

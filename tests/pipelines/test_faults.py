@@ -232,14 +232,14 @@ def test_an_answer_the_topic_refuses_becomes_an_error_answer(stack: Settings, de
     too_large = [a for a in answers.values() if a.headers.get("client-request-id") == "big"]
     assert len(too_large) == 1
     assert too_large[0].headers["status"] == "500"
-    assert too_large[0].body["error_code"] == "RESPONSE_TOO_LARGE"
+    assert too_large[0].body["error_code"] == "MAX_RESPONSE_SIZE_EXCEEDED"
     assert sum(a.headers["status"] == "200" for a in answers.values()) == 10
     letters = read_topic(settings, settings.kafka.dead_letter_topic, lambda s: len(s) >= 1)
     assert [d.body["raw"] for d in letters] == [big]  # the original request
     rows = table_rows(settings)
     big_rows = rows[rows.request_id == too_large[0].headers["request-id"]]
     assert len(big_rows) == 400
-    assert set(big_rows.error_code) == {"RESPONSE_TOO_LARGE"}
+    assert set(big_rows.error_code) == {"MAX_RESPONSE_SIZE_EXCEEDED"}
     assert len(rows) == 410
 
 

@@ -132,7 +132,7 @@ def test_bad_bodies_become_error_results_beside_good_ones() -> None:
     assert answer(results[1]) == {"predictions": [0.1]}
 
 
-def test_model_error_fails_only_that_entitys_records() -> None:
+def test_model_error_fails_only_that_entitys_records(caplog: pytest.LogCaptureFixture) -> None:
     clock = ManualClock()
 
     def boom(frame: pd.DataFrame) -> pd.Series:  # type: ignore[type-arg]
@@ -146,7 +146,8 @@ def test_model_error_fails_only_that_entitys_records() -> None:
     assert set(by_entity) == {"a", "b"}
     assert by_entity["a"].status_code == 200
     assert (by_entity["b"].status_code, by_entity["b"].error_code) == (500, "MODEL_ERROR")
-    assert "weights missing" in answer(by_entity["b"])["message"]
+    assert answer(by_entity["b"])["message"] == "served entity 'b' failed on this record"  # the text: log only
+    assert "weights missing" in caplog.text
 
 
 def test_split_is_sticky_by_entity_key_across_requests() -> None:
@@ -271,7 +272,7 @@ def test_poison_record_fails_alone_and_its_batch_is_answered() -> None:
     results = core.score(batch)
     assert [r.status_code for r in results] == [200, 200, 500, 200, 200, 200, 200]
     assert answer(results[2])["error_code"] == "MODEL_ERROR"
-    assert "negative amount" in answer(results[2])["message"]
+    assert "negative amount" not in answer(results[2])["message"]
     assert [answer(r)["predictions"] for r in results if r.ok] == [[2.0], [4.0], [6.0], [8.0], [10.0], [12.0]]
 
 
@@ -336,3 +337,20 @@ def test_the_row_logs_the_value_the_model_saw_for_a_null_request_field() -> None
     )
     row = to_arrow([result], schema, "ep", 1.0, 1 << 20).to_pylist()[0]
     assert (row["avg_amount"], row["amount"], row["prediction"]) == (10.0, 5.0, 0.5)
+
+
+def test_an_answer_over_max_response_bytes_is_replaced_by_a_500_and_the_records_keep_their_predictions() -> None:
+    clock = ManualClock()
+    capped = endpoint([("a", 100)]).model_copy(update={"limits": Limits(max_response_bytes=120)})
+    core = ScoringCore(capped, {"a": ratio("a")}, lookup(), clock=clock.now)
+    small = request(records({"customer_id": 1, "amount": 5.0}), clock, rid="small")
+    large = request(records(*[{"customer_id": 2, "amount": 4.0}] * 30), clock, rid="large")
+    ok, refused = core.score([small, large])
+    assert (ok.status_code, answer(ok)) == (200, {"predictions": [0.5]})
+    assert (refused.status_code, refused.error_code) == (500, "MAX_RESPONSE_SIZE_EXCEEDED")
+    assert answer(refused) == {"error_code": "MAX_RESPONSE_SIZE_EXCEEDED", "message": refused.message}
+    assert "over the endpoint's limit of 120 bytes (limits.max_response_bytes)" in str(refused.message)
+    assert len(refused.response_body) <= 300
+    assert {(r.status_code, r.error_code, r.prediction) for r in refused.records} == {
+        (500, "MAX_RESPONSE_SIZE_EXCEEDED", 0.2)
+    }

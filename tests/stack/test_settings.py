@@ -93,6 +93,31 @@ def test_databricks_shaped_endpoint(tmp_path: Path) -> None:
         ),
         ({"kafka": {"partitions": 0}}, "kafka.partitions", "greater than or equal to 1"),
         ({"kafka": {"security_protocol": "SASL_SSL"}}, "kafka", "needs sasl_mechanism"),
+        (
+            {"kafka": {"security_protocol": "SASL_SSL", "sasl_mechanism": "OAUTHBEARER"}},
+            "kafka.sasl_mechanism",
+            "OAUTHBEARER is not supported: lakeserve has no token provider",
+        ),
+        (
+            {"kafka": {"max_message_bytes": 8 * 1024 * 1024}},  # under the default 16 MiB request cap
+            "(root)",
+            "kafka.max_message_bytes (8388608) must be at least the larger of endpoint.limits.max_request_bytes",
+        ),
+        (
+            {
+                "kafka": {"max_message_bytes": 2 * 1024 * 1024},
+                "endpoint": {"limits": {"max_request_bytes": 1024 * 1024, "max_response_bytes": 4 * 1024 * 1024}},
+            },
+            "(root)",
+            "max_response_bytes (4194304) plus 65536 bytes",
+        ),
+        ({"stack": {"kafka_ssl_port": 9092}}, "stack", "the Kafka ports must differ (kafka_port=9092"),
+        ({"stack": {"kafka_sasl_ssl_port": 9095}}, "stack", "a SASL_SSL listener needs users"),
+        (
+            {"stack": {"kafka_sasl_ssl_port": 9095, "kafka_scram_users": {"alice": "a,b"}}},
+            "stack.kafka_scram_users",
+            "the password of 'alice' must be non-empty, printable, without",
+        ),
         ({"feast": {"online_store": "dynamo"}}, "feast.online_store", "'sqlite' or 'redis'"),
         ({"tables": {"flush_rows": 0, "bogus": 1}}, "tables.bogus", "Extra inputs are not permitted"),
     ],
