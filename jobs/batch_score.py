@@ -45,6 +45,7 @@ from lakeserve.jobs.batch_plan import (
     load_models,
 )
 from lakeserve.jobs.settings import JobSettings
+from lakeserve.redact import redact_uri
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -84,7 +85,7 @@ def run_batch_score(
     source, target = resolve_uri(settings, input), resolve_uri(settings, output)
     timings: dict[str, float] = {}
     scored_at = datetime.now(UTC).replace(microsecond=0)
-    with _stage(timings, "read", f"reading {source}"):
+    with _stage(timings, "read", f"reading {redact_uri(source)}"):
         frame, input_version = read_input(spark, source)
     with _stage(timings, "models", "loading the served entities"):
         loaded = load_models(settings.endpoint, settings.mlflow)
@@ -92,7 +93,8 @@ def run_batch_score(
     with _stage(timings, "features", "planning the point-in-time feature join"):
         frame, plan, tables = _features(spark, settings, frame, loaded, opts)
     scored = _scored(frame, plan, scored_at)
-    with _stage(timings, "score+write", f"scoring and writing {target} (one Delta commit)"), progress(spark, "write"):
+    writing = f"scoring and writing {redact_uri(target)} (one Delta commit)"
+    with _stage(timings, "score+write", writing), progress(spark, "write"):
         _write(scored, target, opts)
     with _stage(timings, "report", "counting the committed rows"):
         version, counts = _committed(spark, target, opts.replace_where)
@@ -149,7 +151,7 @@ def _joined(
         )
     views = list(dict.fromkeys(v for s in services for v in s.views))
     tables = resolve_feature_tables(spark, settings, views, opts.feature_tables)
-    log.info("batch-score: feature tables %s", {v: f"{t.uri}@v{t.version}" for v, t in tables.items()})
+    log.info("batch-score: feature tables %s", {v: f"{redact_uri(t.uri)}@v{t.version}" for v, t in tables.items()})
     looked_up = tuple(f for f in features if f not in frame.columns)
     joined = join_features(spark, settings, frame, services, tables, opts.timestamp_column)
     return joined, looked_up, {v: t.version for v, t in tables.items()}
@@ -176,8 +178,8 @@ def _write(scored: DataFrame, target: str, opts: BatchOptions) -> None:
     except Exception as exc:  # py4j / PySpark errors, a RowsFailed raised on an executor
         reason = RowsFailed.__name__ if RowsFailed.__name__ in str(exc) else type(exc).__name__
         raise BatchFailed(
-            f"batch scoring into {target} failed ({reason}); nothing was committed, the table is unchanged: "
-            f"{_first_line(exc)}"
+            f"batch scoring into {redact_uri(target)} failed ({reason}); nothing was committed, "
+            f"the table is unchanged: {_first_line(exc)}"
         ) from exc
 
 
@@ -217,7 +219,7 @@ def _report(
         source, target, input_version, version, scored_at, models, tables,
         sum(by_entity.values()), by_entity, by_status, shadow_rows, timings,
     )  # fmt: skip
-    log.info("batch-score: committed %s v%d: %s", target, version, format_report(report))
+    log.info("batch-score: committed %s v%d: %s", redact_uri(target), version, format_report(report))
     return report
 
 

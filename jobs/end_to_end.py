@@ -36,6 +36,7 @@ from lakeserve.jobs.settings import JobSettings
 from lakeserve.jobs.spark import spark_session
 from lakeserve.pipelines.embedded.stack import Stack
 from lakeserve.pipelines.supervisor import Supervisor
+from lakeserve.redact import redact_uri
 
 log = logging.getLogger(__name__)
 
@@ -242,6 +243,6 @@ def format_main_report(report: MainReport) -> str:
     if report.ab is not None:
         lines.append("a/b verdict: " + "; ".join(report.ab.verdicts.values()))
     lines.append("where things are:")
-    lines += [f"  {k}: {v}" for k, v in report.locations.items()]
+    lines += [f"  {k}: {redact_uri(v)}" for k, v in report.locations.items()]  # credentials masked
     lines.append("timings (s): " + ", ".join(f"{k} {v}" for k, v in report.timings_s.items()))
     return "\n".join(lines)

@@ -21,6 +21,7 @@ from typing import Any
 
 from lakeserve.errors import ConfigError, LakeserveError
 from lakeserve.jobs.batch_args import add_batch_arguments
+from lakeserve.redact import RedactingFilter, redact, redact_text
 from lakeserve.settings import Settings, load_settings
 
 Handler = Callable[[Settings, argparse.Namespace], int]
@@ -32,6 +33,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:  # no credential of a location reaches a log line
+        handler.addFilter(RedactingFilter())
     if not hasattr(args, "handler"):
         parser.print_help()
         return 2
@@ -40,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.handler(settings, args)
         return code
     except LakeserveError as exc:
-        print(f"lakeserve: {exc}", file=sys.stderr)
+        print(f"lakeserve: {redact_text(str(exc))}", file=sys.stderr)
         return 2
 
 
@@ -258,7 +261,10 @@ def _start_http(
         target=run_http, args=(settings, stopped, http.host, http.port), kwargs={"metrics": metrics}, name="http-server"
     )
     thread.start()
-    print(f"lakeserve: REST on http://{http.host}:{http.port}/serving-endpoints/{settings.endpoint.name}/invocations")
+    scheme = "https" if http.tls else "http"
+    print(
+        f"lakeserve: REST on {scheme}://{http.host}:{http.port}/serving-endpoints/{settings.endpoint.name}/invocations"
+    )
     return thread
 
 
@@ -285,7 +291,7 @@ def _tables_optimize(settings: Settings, args: argparse.Namespace) -> int:
     from lakeserve.monitoring.table_maintenance import optimize_table
 
     report = optimize_table(settings.inference_table_uri, retention_hours=args.retention_hours)
-    print(report)
+    print(redact_text(str(report)))
     return 0
 
 
@@ -328,7 +334,7 @@ def _job_schedule(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _config_show(settings: Settings, args: argparse.Namespace) -> int:
-    print(settings.model_dump_json(indent=2))
+    print(json.dumps(redact(settings.model_dump(mode="json")), indent=2))
     return 0
 
 

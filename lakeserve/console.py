@@ -20,6 +20,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
+from lakeserve.redact import RedactingFilter
+
 
 class Console:
     """Step lines with their timing, a progress bar on a terminal, and plain lines."""
@@ -92,5 +94,6 @@ def _log_to(stream: TextIO, level: int) -> None:
         root.removeHandler(handler)
     handler = logging.StreamHandler(stream)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(RedactingFilter())  # credentials in locations are masked
     root.addHandler(handler)
     root.setLevel(level)

@@ -1,7 +1,8 @@
 """Access control of the REST server: client networks, then bearer tokens (stored hashed).
 
 Answers carry no detail (``401``/``403`` with a fixed message) and nothing here logs a token,
-its digest or the header it came in.
+its digest or the header it came in. ``client_host`` is the address uvicorn resolved: the TCP peer,
+or what ``X-Forwarded-For`` says when the peer is one of ``http.trusted_proxies``.
 """
 
 from __future__ import annotations
@@ -33,6 +34,14 @@ def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
+def bearer_digest(headers: Mapping[str, str]) -> str | None:
+    """The digest of the ``Authorization: Bearer`` token, or ``None`` when there is none."""
+    scheme, _, token = (headers.get("authorization") or "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token_digest(token.strip())
+
+
 class AccessGuard:
     """Decides per request: ``None`` (let in) or the :class:`Denied` answer."""
 
@@ -48,7 +57,7 @@ class AccessGuard:
             return None
         if self._networks and not self._address_allowed(client_host):
             return FORBIDDEN
-        if self._digests and not self._token_valid(headers.get("authorization")):
+        if self._digests and not self._token_valid(headers):
             return UNAUTHENTICATED
         return None
 
@@ -63,13 +72,10 @@ class AccessGuard:
             address = address.ipv4_mapped
         return any(address in net for net in self._networks)
 
-    def _token_valid(self, header: str | None) -> bool:
-        if header is None:
+    def _token_valid(self, headers: Mapping[str, str]) -> bool:
+        digest = bearer_digest(headers)
+        if digest is None:
             return False
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            return False
-        digest = token_digest(token.strip())
         found = False
         for known in self._digests:  # every digest compared: timing says nothing about which
             found |= hmac.compare_digest(digest, known)

@@ -5,6 +5,10 @@ event. The models load in the background at startup (``/health`` answers at once
 once they are loaded), through the same parts as a Kafka worker: the MLflow models, Feast,
 the scoring core and the endpoint's inference table. HTTP rows are logged at most once, best
 effort (:mod:`lakeserve.pipelines.http_logging`); Kafka's are logged exactly once.
+
+Security wiring (the ``http`` section): TLS from ``ssl_certfile``/``ssl_keyfile``; forwarding
+headers believed only from ``trusted_proxies`` (uvicorn's own default would trust loopback); the
+bounded queue (``max_queued``) and per-client rate limits handed to the app.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from lakeserve.pipelines.http_logging import HttpTableLogger
 from lakeserve.pipelines.http_settings import HttpSettings
 from lakeserve.pipelines.inference_table import new_inference_log, row_format, table_schema
 from lakeserve.pipelines.metrics import ServiceMetrics
+from lakeserve.pipelines.rate_limit import RateLimiter
 from lakeserve.pipelines.settings import ServiceSettings
 from lakeserve.pipelines.updates import Update, apply_pending_update, load_models, new_updater
 from lakeserve.scoring.core import ScoringCore
@@ -87,7 +92,12 @@ def load_scoring(settings: ServiceSettings, metrics: ServiceMetrics) -> Scoring:
         for model in updater.current.models.values():
             model.unload()
 
-    batcher = MicroBatcher(score, endpoint.limits, on_scored)
+    def on_dropped(count: int) -> None:  # caller gone or past its deadline: not scored, not logged
+        metrics.requests_dropped("http", count)
+
+    max_queued = settings.http.max_queued
+    batcher = MicroBatcher(score, endpoint.limits, on_scored, max_queued=max_queued, on_dropped=on_dropped)
+    metrics.watch_queue(lambda: batcher.queued)
     return Scoring(batcher, served, close, core.stalled)
 
 
@@ -98,18 +108,24 @@ def listen_settings(http: HttpSettings, host: str | None, port: int | None) -> H
     try:
         return HttpSettings.model_validate({**http.model_dump(), **update})
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc)) from None
+        raise ConfigError(format_validation_error(exc, section="http")) from None
 
 
 def build_server(
     settings: ServiceSettings, metrics: ServiceMetrics, host: str | None = None, port: int | None = None
 ) -> uvicorn.Server:
     http = listen_settings(settings.http, host, port)
-    app = create_app(settings.endpoint, AccessGuard(http), metrics, lambda: load_scoring(settings, metrics))
+    guard, limiter = AccessGuard(http), RateLimiter(http)
+    app = create_app(settings.endpoint, guard, metrics, lambda: load_scoring(settings, metrics), limiter)
     config = uvicorn.Config(
         app,
         host=http.host,
         port=http.port,
+        # uvicorn believes X-Forwarded-For from 127.0.0.1 unless told otherwise: only trusted_proxies
+        proxy_headers=bool(http.trusted_proxies),
+        forwarded_allow_ips=list(http.trusted_proxies),
+        ssl_certfile=http.ssl_certfile,
+        ssl_keyfile=http.ssl_keyfile,
         log_level="warning",
         access_log=False,  # an access log line would be the place a token leaks; metrics count instead
         lifespan="on",
@@ -140,5 +156,6 @@ def run_http(
 
     threading.Thread(target=exit_on_stop, name="http-stop-watcher", daemon=True).start()
     where = sock.getsockname() if sock is not None else (server.config.host, server.config.port)
-    log.info("HTTP endpoint %s listening on %s:%s", settings.endpoint.name, *where[:2])
+    scheme = "https" if server.config.is_ssl else "http"
+    log.info("HTTP endpoint %s listening on %s://%s:%s", settings.endpoint.name, scheme, *where[:2])
     server.run(sockets=[sock] if sock is not None else None)

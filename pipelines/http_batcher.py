@@ -8,6 +8,12 @@ one worker thread (the core is synchronous; the event loop stays free to accept 
 hands the results to ``on_scored`` in that thread (inference rows, batch metrics), and resolves
 every caller's future. A failure of a real component (``ComponentError`` out of the core) fails
 every caller of the batch with :class:`~lakeserve.errors.ServiceUnavailable`; the next batch is tried afresh.
+
+Bounded work: at most ``max_queued`` requests are in the batcher at once (submitted and not yet
+answered or given up); one more is refused at once with :class:`~lakeserve.errors.Overloaded`.
+A request whose caller gave up (cancelled) or whose ``limits.timeout_s`` passed before its batch
+is scored is dropped, never scored (nor logged); ``on_dropped`` is told how many. Collecting stops
+at the first request's deadline at the latest, so an expired batch is dropped without delay.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from lakeserve.errors import ServiceUnavailable
+from lakeserve.errors import Overloaded, ServiceUnavailable
 from lakeserve.scoring.records import RequestResult, ScoringRequest
 from lakeserve.scoring.settings import Limits
 
@@ -27,6 +33,7 @@ log = logging.getLogger(__name__)
 
 ScoreBatch = Callable[[Sequence[ScoringRequest]], list[RequestResult]]  # a batch in, one result each out
 OnScored = Callable[[list[RequestResult]], None]
+OnDropped = Callable[[int], None]  # how many requests of a batch were dropped unscored
 
 
 @dataclass(slots=True)
@@ -35,12 +42,24 @@ class _Pending:
     future: asyncio.Future[RequestResult]
     arrived: float = field(default_factory=time.monotonic)
 
+    def expired(self, now: float, timeout_s: float) -> bool:
+        return self.future.done() or now >= self.arrived + timeout_s
+
 
 class MicroBatcher:
     """Collects requests into micro-batches for one scoring thread; start and stop in the event loop."""
 
-    def __init__(self, score: ScoreBatch, limits: Limits, on_scored: OnScored = lambda _: None) -> None:
-        self._score, self._limits, self._on_scored = score, limits, on_scored
+    def __init__(
+        self,
+        score: ScoreBatch,
+        limits: Limits,
+        on_scored: OnScored = lambda _: None,
+        *,
+        max_queued: int = 1024,
+        on_dropped: OnDropped = lambda _: None,
+    ) -> None:
+        self._score, self._limits, self._on_scored, self._on_dropped = score, limits, on_scored, on_dropped
+        self._max_queued, self._in = max_queued, 0
         self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="http-scoring")
         self._task: asyncio.Task[None] | None = None
@@ -56,10 +75,21 @@ class MicroBatcher:
             self._task = None
         self._executor.shutdown(wait=True)
 
+    @property
+    def queued(self) -> int:
+        """Requests submitted and not yet answered or given up."""
+        return self._in
+
     async def submit(self, request: ScoringRequest) -> RequestResult:
+        if self._in >= self._max_queued:
+            raise Overloaded(f"{self._max_queued} requests are waiting already; retry later")
         future: asyncio.Future[RequestResult] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Pending(request, future))
-        return await future
+        self._in += 1
+        try:
+            self._queue.put_nowait(_Pending(request, future))
+            return await future
+        finally:
+            self._in -= 1
 
     async def _run(self) -> None:
         while True:
@@ -73,7 +103,8 @@ class MicroBatcher:
 
     async def _collect(self, first: _Pending) -> tuple[list[_Pending], bool]:
         batch = [first]
-        deadline = first.arrived + self._limits.max_batch_wait_ms / 1000
+        wait_s = min(self._limits.max_batch_wait_ms / 1000, self._limits.timeout_s)
+        deadline = first.arrived + wait_s
         while len(batch) < self._limits.max_batch_size:
             try:
                 item = self._queue.get_nowait()
@@ -91,6 +122,13 @@ class MicroBatcher:
         return batch, False
 
     async def _score_batch(self, batch: list[_Pending]) -> None:
+        now = time.monotonic()
+        live = [p for p in batch if not p.expired(now, self._limits.timeout_s)]
+        if len(live) < len(batch):
+            self._on_dropped(len(batch) - len(live))
+        if not live:
+            return
+        batch = live
         loop = asyncio.get_running_loop()
         try:
             results = await loop.run_in_executor(self._executor, self._score_and_report, [p.request for p in batch])

@@ -94,6 +94,12 @@ class ServiceMetrics:
             "lakeserve_component_retries", "Attempts retried after a component failed (consumption paused)",
             ["endpoint", "component"], registry=registry,
         )  # fmt: skip
+        self.dropped = Counter(
+            "lakeserve_requests_dropped", "Requests dropped unscored: caller gone or past its deadline",
+            per_batch, registry=registry,
+        )  # fmt: skip
+        self.queued = Gauge("lakeserve_http_queued", "REST requests waiting for the scorer", ["endpoint"],
+                            registry=registry)  # fmt: skip
         self.outage_seconds = Counter(
             "lakeserve_component_outage_seconds", "Seconds a component failed before it answered again",
             ["endpoint", "component"], registry=registry,
@@ -132,6 +138,13 @@ class ServiceMetrics:
     def consumer_lag(self, lags: Mapping[Partition, int]) -> None:
         for (topic, partition), lag in lags.items():
             self.lag.labels(topic, str(partition)).set(lag)
+
+    def requests_dropped(self, transport: str, count: int) -> None:
+        self.dropped.labels(self.endpoint, transport).inc(count)
+
+    def watch_queue(self, depth: Callable[[], int]) -> None:
+        """``lakeserve_http_queued`` reads ``depth()`` at each scrape."""
+        self.queued.labels(self.endpoint).set_function(depth)
 
     def component_retry(self, component: str) -> None:
         self.retries.labels(self.endpoint, component).inc()

@@ -10,6 +10,7 @@ from pathlib import Path
 ROOT = Path(__file__).parents[1]
 LAYERS = {  # bottom up
     "lakeserve.errors": 0,
+    "lakeserve.redact": 0,
     "lakeserve.features": 1,
     "lakeserve.scoring": 2,
     "lakeserve.monitoring": 3,

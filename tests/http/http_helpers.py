@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -37,6 +38,7 @@ class Server:
     settings: Settings
     url: str
     metrics: ServiceMetrics
+    verify: ssl.SSLContext | bool = True  # the CA context of a TLS server
 
     @property
     def invocations(self) -> str:
@@ -48,12 +50,14 @@ class Server:
 
 
 @contextmanager
-def serving(settings: Settings, ready_within_s: float = 120) -> Iterator[Server]:
-    """``run_http`` in a thread on a free loopback port; yields once ``/ready`` answers 200."""
+def serving(settings: Settings, ready_within_s: float = 120, verify: ssl.SSLContext | None = None) -> Iterator[Server]:
+    """``run_http`` in a thread on a free loopback port; yields once ``/ready`` answers 200.
+    ``verify``: the server speaks TLS (``http.ssl_certfile``); the client trusts this context."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    url = f"{'https' if verify is not None else 'http'}://127.0.0.1:{sock.getsockname()[1]}"
+    trust: ssl.SSLContext | bool = verify if verify is not None else True
     metrics = ServiceMetrics(CollectorRegistry(), settings.endpoint.name)
     stop = threading.Event()
     errors: list[BaseException] = []
@@ -67,9 +71,9 @@ def serving(settings: Settings, ready_within_s: float = 120) -> Iterator[Server]
     thread = threading.Thread(target=run, name="rest-under-test", daemon=True)
     thread.start()
     try:
-        wait_until(lambda: bool(errors) or _ready(url), ready_within_s, "the server did not become ready")
+        wait_until(lambda: bool(errors) or _ready(url, trust), ready_within_s, "the server did not become ready")
         assert not errors, errors
-        yield Server(settings, url, metrics)
+        yield Server(settings, url, metrics, trust)
     finally:
         stop.set()
         thread.join(timeout=60)
@@ -77,9 +81,9 @@ def serving(settings: Settings, ready_within_s: float = 120) -> Iterator[Server]
     assert not thread.is_alive(), "the server did not stop in 60 s"
 
 
-def _ready(url: str) -> bool:
+def _ready(url: str, verify: ssl.SSLContext | bool) -> bool:
     try:
-        return httpx.get(f"{url}/ready", timeout=2).status_code == 200
+        return httpx.get(f"{url}/ready", timeout=2, verify=verify).status_code == 200
     except httpx.TransportError:
         return False
 
@@ -95,13 +99,17 @@ def wait_until(condition: Callable[[], bool], timeout_s: float, message: str) ->
 def post(server: Server, body: Any, headers: dict[str, str] | None = None) -> httpx.Response:
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
     return httpx.post(
-        server.invocations, content=content, headers={"content-type": "application/json", **(headers or {})}, timeout=60
+        server.invocations,
+        content=content,
+        headers={"content-type": "application/json", **(headers or {})},
+        timeout=60,
+        verify=server.verify,
     )
 
 
 def metric(server: Server, name: str, **labels: str) -> float:
     """The sum of a Prometheus sample over every series matching ``labels``, scraped from /metrics."""
-    text = httpx.get(f"{server.url}/metrics", timeout=10).text
+    text = httpx.get(f"{server.url}/metrics", timeout=10, verify=server.verify).text
     total = 0.0
     for family in text_string_to_metric_families(text):
         for sample in family.samples:

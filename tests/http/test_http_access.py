@@ -43,7 +43,11 @@ def test_token_required_and_checked(guarded: Server, demo_assets: object, caplog
     for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": f"Basic {TOKEN}"}):
         answer = post(guarded, body(demo_assets), headers)
         assert answer.status_code == 401
-        assert answer.json() == {"error_code": "UNAUTHENTICATED", "message": "authentication required"}
+        assert answer.json() == {
+            "error_code": "UNAUTHENTICATED",
+            "message": "authentication required",
+            "request_id": answer.headers["x-request-id"],
+        }
         assert answer.headers["www-authenticate"] == "Bearer"
     ok = post(guarded, body(demo_assets), {"authorization": f"Bearer {TOKEN}"})
     assert ok.status_code == 200, ok.text
@@ -60,18 +64,22 @@ def test_token_required_and_checked(guarded: Server, demo_assets: object, caplog
 def test_address_outside_the_allowlist_is_forbidden(walled: Server, demo_assets: object) -> None:
     answer = post(walled, body(demo_assets))
     assert answer.status_code == 403
-    assert answer.json() == {"error_code": "PERMISSION_DENIED", "message": "access denied"}
+    assert answer.json() == {
+        "error_code": "PERMISSION_DENIED",
+        "message": "access denied",
+        "request_id": answer.headers["x-request-id"],
+    }
     assert httpx.get(f"{walled.url}/metrics").status_code == 403
     assert httpx.get(f"{walled.url}/ready").status_code == 200
 
 
 def test_off_on_loopback_on_elsewhere_and_never_open_by_accident() -> None:
     assert not HttpSettings().access_enabled
-    assert HttpSettings(host="0.0.0.0", allow_cidrs=["10.0.0.0/8"]).access_enabled
+    assert HttpSettings(host="0.0.0.0", allow_cidrs=["10.0.0.0/8"], plaintext_public=True).access_enabled
     with pytest.raises(ValueError, match="neither token_sha256 nor allow_cidrs"):
         HttpSettings(host="0.0.0.0")
     with pytest.raises(ConfigError, match="neither token_sha256 nor allow_cidrs"):
         listen_settings(HttpSettings(), "0.0.0.0", None)  # --host on the command line is checked too
-    assert HttpSettings(host="0.0.0.0", access_control=False).access_enabled is False
+    assert HttpSettings(host="0.0.0.0", access_control=False, plaintext_public=True).access_enabled is False
     with pytest.raises(ValueError, match="SHA-256"):
         HttpSettings(token_sha256=["not-a-digest"])

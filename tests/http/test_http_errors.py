@@ -21,8 +21,9 @@ CAP = 16 * 1024 * 1024
 def assert_error(answer: httpx.Response, status: int, code: str) -> None:
     assert answer.status_code == status, answer.text
     body = answer.json()
-    assert set(body) == {"error_code", "message"}, body
+    assert set(body) == {"error_code", "message", "request_id"}, body
     assert body["error_code"] == code
+    assert answer.headers["x-request-id"] == body["request_id"]
     assert "Traceback" not in answer.text
     assert 'File "' not in answer.text
 
