@@ -60,7 +60,9 @@ def test_a_poison_row_fails_alone_and_a_bad_value_is_a_400() -> None:
     out = score_batch(_plan(SPLIT), MODELS, _batch([1.0, 13.0, None, 4.0, 5.0])).to_pandas()
     assert out["status_code"].tolist() == [200, 500, 400, 200, 200]
     assert out.loc[1, "error_code"] == "MODEL_ERROR"
-    assert "unlucky" in out.loc[1, "error_message"]
+    entity = out.loc[1, "served_entity"]
+    assert out.loc[1, "error_message"] == f"served entity {entity!r} failed on this record"  # exception: in the log
+    assert "unlucky" not in out.loc[1, "error_message"]
     assert out.loc[2, "error_code"] == "INVALID_PARAMETER_VALUE"
     assert out["prediction"].isna().tolist() == [False, True, True, False, False]
 
