@@ -16,11 +16,16 @@
    (Databricks Feature Serving's rule) when the request gives a non-null value for it; a
    null or absent field leaves the looked-up value. The input is checked against the model's
    signature (:func:`~lakeserve.scoring.models.conform`): a bad record is a 400 of its own;
-5. ONE ``predict`` per served entity over all its records. If the model raises, the batch is
-   split in halves and retried down to single records, so only the records the model cannot
-   score fail (``MODEL_ERROR``, 500) and the rest of the batch is answered. Records past
-   ``limits.timeout_s`` since ``received_at`` are ``TIMEOUT`` (504), checked before and after
-   the model;
+5. ONE ``predict`` per served entity and distinct ``params`` over all its records. Each
+   request's params are checked against the model's params schema
+   (:meth:`~lakeserve.scoring.models.ServedModel.check_params`): an undeclared or wrongly
+   typed param is ``INVALID_PARAMETER_VALUE`` (400) for that request's records only. The other
+   records are grouped by their request's checked params (as canonical JSON), and each group
+   is predicted with its params, so requests with different params never share a call. If the
+   model raises, the group is split in halves and retried down to single records, so only the
+   records the model cannot score fail (``MODEL_ERROR``, 500) and the rest of the batch is
+   answered. Records past ``limits.timeout_s`` since ``received_at`` are ``TIMEOUT`` (504),
+   checked before and after the model;
 6. answer: ``{"predictions": [...]}`` (a scalar per record for one output, an object per
    record for several) when every answered record succeeded. Otherwise the request answers
    with its first failing record's status and ``{"error_code", "message"}``, as MLflow's
@@ -139,6 +144,7 @@ class _Item:
     request: int  # position of its request in the batch
     request_id: str
     fields: dict[str, Any]
+    params: Mapping[str, Any]  # its request's params, as sent
     record: RecordResult
     deadline: datetime
     done: bool = False
@@ -280,7 +286,7 @@ class ScoringCore:
                 deadline = request.received_at + timeout
                 for name, shadow in _copies(entity, table.router):
                     record = _new_record(index, table.models[name], row, shadow)
-                    items.append(_Item(pos, request.request_id, row, record, deadline))
+                    items.append(_Item(pos, request.request_id, row, p.params, record, deadline))
         return items
 
     def _add_features(self, items: list[_Item], table: RoutingTable) -> float:
@@ -320,6 +326,10 @@ class ScoringCore:
                 it.fail(NotFound(f"no features in {service!r} for {_describe(join_keys, key)}"))
 
     def _predict(self, model: ServedModel, todo: list[_Item]) -> float:
+        """Every group of ``todo`` with the same params predicted in one call; the model's time."""
+        return sum(self._predict_group(model, group, params) for params, group in _by_params(model, todo))
+
+    def _predict_group(self, model: ServedModel, todo: list[_Item], params: Mapping[str, Any]) -> float:
         self._expire(todo)
         todo = [it for it in todo if not it.done]
         if not todo:
@@ -334,7 +344,7 @@ class ScoringCore:
             return 0.0
         start = time.perf_counter()
         try:
-            out, failures = self._call(model).run(conformed.frame, self._wait_s([todo[i] for i in ok]))
+            out, failures = self._call(model).run(conformed.frame, params, self._wait_s([todo[i] for i in ok]))
         except TimeoutError:
             late = ScoringTimeout(f"the model did not answer within {self._table.endpoint.limits.timeout_s} s")
             for i in ok:
@@ -383,15 +393,17 @@ class _ModelCall:
         self._started = 0.0
         self._lock = threading.Lock()
 
-    def run(self, frame: pd.DataFrame, timeout_s: float) -> tuple[pd.DataFrame, list[ModelError | None]]:
-        """``predict_isolating(model, frame)``, or TimeoutError once ``timeout_s`` passed (waiting
-        for an earlier call that is still running counts)."""
+    def run(
+        self, frame: pd.DataFrame, params: Mapping[str, Any], timeout_s: float
+    ) -> tuple[pd.DataFrame, list[ModelError | None]]:
+        """``predict_isolating(model, frame, params)``, or TimeoutError once ``timeout_s`` passed
+        (waiting for an earlier call that is still running counts)."""
         deadline = time.monotonic() + timeout_s
         with self._lock:
             earlier = self._running
             if earlier is not None and not earlier.done():
                 wait(earlier, timeout_s)
-            self._running = self._executor.submit(predict_isolating, self.model, frame)
+            self._running = self._executor.submit(predict_isolating, self.model, frame, params)
             self._started = time.monotonic()
             running = self._running
         return running.result(timeout=max(0.0, deadline - time.monotonic()))
@@ -407,6 +419,26 @@ def wait(future: Future[Any], timeout_s: float) -> None:
     done, _ = futures_wait([future], timeout=timeout_s)
     if not done:
         raise TimeoutError("an earlier predict call has not returned")
+
+
+def _by_params(model: ServedModel, items: list[_Item]) -> list[tuple[dict[str, Any], list[_Item]]]:
+    """``items`` grouped by their request's params as ``model`` checked them (once per request);
+    the items of a request whose params the model refuses fail with that error (400)."""
+    checked: dict[int, dict[str, Any] | InvalidInput] = {}
+    groups: dict[str, tuple[dict[str, Any], list[_Item]]] = {}
+    for it in items:
+        if it.request not in checked:
+            try:
+                checked[it.request] = model.check_params(it.params)
+            except InvalidInput as exc:
+                checked[it.request] = exc
+        params = checked[it.request]
+        if isinstance(params, InvalidInput):
+            it.fail(params)
+            continue
+        key = json.dumps(params, sort_keys=True, default=str)
+        groups.setdefault(key, (params, []))[1].append(it)
+    return list(groups.values())
 
 
 def _copies(entity: str, router: Router) -> list[tuple[str, bool]]:

@@ -4,7 +4,11 @@ A :class:`ServedModel` is one served entity, loaded: it names the registered mod
 version it runs, the input columns its MLflow signature declares (as an Arrow schema, which
 the inference table reuses), the feature service it reads (recorded with the model as
 ``metadata={"lakeserve": {"feature_service": ..., "entity_keys": [...]}}``), and predicts a
-frame of prediction columns from a frame of inputs.
+frame of prediction columns from a frame of inputs and a request's ``params``. The params are
+checked first (:meth:`ServedModel.check_params`) against the params schema of the model's
+signature: a param the model does not declare, or a value of the wrong type or shape, is an
+``INVALID_PARAMETER_VALUE`` (400) naming the param; a null value is as if the param were not
+sent (the model's default applies); an empty or absent params object always passes.
 
 :func:`conform` checks an assembled input frame against that schema record by record: a
 missing required column or value, or a value of the wrong type or out of the type's range (no
@@ -33,6 +37,7 @@ from lakeserve.scoring.settings import MlflowSettings, ServedEntity
 
 if TYPE_CHECKING:
     from mlflow.pyfunc import PyFuncModel
+    from mlflow.types.schema import ParamSchema, ParamSpec
 
 PREDICTION = "prediction"  # the column of a single-output model
 
@@ -67,8 +72,14 @@ class ServedModel(Protocol):
     @property
     def entity_keys(self) -> Sequence[str]: ...
 
-    def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
-        """Prediction columns, one row per input row (``PREDICTION`` for one output)."""
+    def check_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """A request's params as the model takes them (``{}`` for none); InvalidInput (400) naming
+        a param the model does not declare or a value its params schema refuses."""
+        ...
+
+    def predict(self, frame: pd.DataFrame, params: Mapping[str, Any] | None = None) -> pd.DataFrame:
+        """Prediction columns, one row per input row (``PREDICTION`` for one output); ``params``
+        as :meth:`check_params` returned them."""
         ...
 
     def unload(self) -> None: ...
@@ -245,13 +256,25 @@ def prediction_frame(raw: Any, rows: int, names: Sequence[str] = ()) -> pd.DataF
     return out
 
 
-def predict_isolating(model: ServedModel, frame: pd.DataFrame) -> tuple[pd.DataFrame, list[ModelError | None]]:
-    """Predictions aligned with ``frame`` (NaN where failed) and one error or None per row.
+def undeclared_params(entity: str, params: Mapping[str, Any], declared: Sequence[str]) -> InvalidInput | None:
+    """The 400 for params that ``entity`` does not declare, naming them and the declared ones."""
+    unknown = sorted(set(params) - set(declared))
+    if not unknown:
+        return None
+    takes = f"it takes {sorted(declared)}" if declared else "it takes no params"
+    return InvalidInput(f"served entity {entity!r} does not take param(s) {unknown}: {takes}")
+
+
+def predict_isolating(
+    model: ServedModel, frame: pd.DataFrame, params: Mapping[str, Any] | None = None
+) -> tuple[pd.DataFrame, list[ModelError | None]]:
+    """Predictions aligned with ``frame`` (NaN where failed) and one error or None per row; every
+    call of the model takes the same ``params``.
 
     If the batch raises, its halves are retried, down to single rows, so one poison record fails
     alone instead of taking its batch with it. The stream and the batch job both score this way."""
     try:
-        out = model.predict(frame)
+        out = model.predict(frame, params)
         if len(out) != len(frame):
             raise ValueError(f"model returned {len(out)} predictions for {len(frame)} rows")
         return out.reset_index(drop=True), [None] * len(frame)
@@ -261,8 +284,8 @@ def predict_isolating(model: ServedModel, frame: pd.DataFrame) -> tuple[pd.DataF
             error = ModelError(f"served entity {model.name!r} failed on this record", f"{type(exc).__name__}: {exc}")
             return pd.DataFrame(index=range(1)), [error]
     half = len(frame) // 2
-    first, first_errors = predict_isolating(model, frame.iloc[:half].reset_index(drop=True))
-    second, second_errors = predict_isolating(model, frame.iloc[half:].reset_index(drop=True))
+    first, first_errors = predict_isolating(model, frame.iloc[:half].reset_index(drop=True), params)
+    second, second_errors = predict_isolating(model, frame.iloc[half:].reset_index(drop=True), params)
     return pd.concat([first, second], ignore_index=True), first_errors + second_errors
 
 
@@ -298,6 +321,7 @@ class MlflowServedModel:
         outputs = signature.outputs if signature else None
         self._output_names = [str(n) for n in outputs.input_names()] if outputs is not None else []
         self._output_schema = _output_schema(outputs)
+        self._params_schema: ParamSchema | None = signature.params if signature else None
 
     @classmethod
     def load(cls, entity: ServedEntity, mlflow: MlflowSettings) -> MlflowServedModel:
@@ -340,16 +364,44 @@ class MlflowServedModel:
     def entity_keys(self) -> Sequence[str]:
         return self._entity_keys
 
-    def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
+    def check_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Checked by MLflow's own ``ParamSpec.validate_type_and_shape``, value by value."""
+        if not params:
+            return {}
+        specs = {p.name: p for p in self._params_schema.params} if self._params_schema is not None else {}
+        unknown = undeclared_params(self.name, params, list(specs))
+        if unknown is not None:
+            raise unknown
+        sent = {name: value for name, value in params.items() if value is not None}
+        return {name: _param_value(self.name, specs[name], value) for name, value in sent.items()}
+
+    def predict(self, frame: pd.DataFrame, params: Mapping[str, Any] | None = None) -> pd.DataFrame:
         if self._model is None:
             raise ComponentError("mlflow", f"served entity {self.name!r} was unloaded")
-        return prediction_frame(self._model.predict(frame), len(frame), self._output_names)
+        raw = self._model.predict(frame, params=dict(params) if params else None)
+        return prediction_frame(raw, len(frame), self._output_names)
 
     def unload(self) -> None:
         self._model = None
         if self._local_dir is not None:
             shutil.rmtree(self._local_dir, ignore_errors=True)
             self._local_dir = None
+
+
+def _param_value(entity: str, spec: ParamSpec, value: Any) -> Any:
+    """``value`` as the param ``spec`` takes it; InvalidInput naming the param if refused."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.types.schema import ParamSpec as Spec
+
+    try:
+        return Spec.validate_type_and_shape(spec.name, value, spec.dtype, spec.shape)
+    except (MlflowException, ValueError, TypeError):  # numpy raises on ragged lists before MLflow checks
+        expected = str(getattr(spec.dtype, "name", spec.dtype))
+        expected += "" if spec.shape is None else f" of shape {list(spec.shape)}"
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        raise InvalidInput(
+            f"param {spec.name!r} of served entity {entity!r} expects {expected}, got {type(value).__name__} {shown}"
+        ) from None
 
 
 def resolve_version(entity: ServedEntity, mlflow: MlflowSettings) -> str:
