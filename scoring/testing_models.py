@@ -2,7 +2,9 @@
 
 ``GuardedModel`` scores like a tiny logistic model over the demo's inputs and raises on a
 negative ``amount``, the way a user's model raises on input it was never meant to see;
-``StallingModel`` hangs and ``CrashingModel`` kills its process on one marked amount.
+``StallingModel`` hangs and ``CrashingModel`` kills its process on one marked amount;
+``ThresholdModel`` takes a ``threshold`` param (log it with :data:`THRESHOLD_PARAMS` in its
+signature) that decides ``prediction`` from the probability.
 """
 
 from __future__ import annotations
@@ -24,6 +26,18 @@ class GuardedModel(PythonModel):
             raise ValueError("amount must not be negative")
         probability = 1.0 / (1.0 + np.exp(-(np.log1p(amount) - 5.0)))
         return pd.DataFrame({"prediction": (probability >= 0.5).astype("int64"), "probability": probability})
+
+
+THRESHOLD_PARAMS: dict[str, Any] = {"threshold": 0.5}  # ``infer_signature(..., params=...)``: a double
+
+
+class ThresholdModel(GuardedModel):
+    """``prediction`` is 1 where the probability reaches the ``threshold`` param (0.5 unless sent)."""
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        out = super().predict(context, model_input, params)
+        threshold = float((params or {}).get("threshold", THRESHOLD_PARAMS["threshold"]))
+        return out.assign(prediction=(out["probability"] >= threshold).astype("int64"))
 
 
 class StallingModel(GuardedModel):
