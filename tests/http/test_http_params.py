@@ -43,10 +43,11 @@ def threshold_model(stack: Settings, demo_assets: object) -> str:
 
 @pytest.fixture(scope="module")
 def server(stack: Settings, threshold_model: str) -> Iterator[Server]:
+    entity = ServedEntity(name="thresholded", entity_name="threshold-http", entity_version=threshold_model)
     settings = http_settings_for(
         stack,
         "rest-params",
-        served_entities=[ServedEntity(name="thresholded", entity_name="threshold-http", entity_version=threshold_model)],
+        served_entities=[entity],
         traffic_config=TrafficConfig(routes=[Route(served_model_name="thresholded", traffic_percentage=100)]),
     )
     with serving(settings) as served:
