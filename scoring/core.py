@@ -422,17 +422,19 @@ def wait(future: Future[Any], timeout_s: float) -> None:
 
 
 def _by_params(model: ServedModel, items: list[_Item]) -> list[tuple[dict[str, Any], list[_Item]]]:
-    """``items`` grouped by their request's params as ``model`` checked them (once per request);
-    the items of a request whose params the model refuses fail with that error (400)."""
-    checked: dict[int, dict[str, Any] | InvalidInput] = {}
+    """``items`` grouped by their request's params as ``model`` checked them (once per params
+    object: the batch job gives every row the same one); the items of a request whose params the
+    model refuses fail with that error (400)."""
+    checked: dict[int, dict[str, Any] | InvalidInput] = {}  # by id() of the params as sent
     groups: dict[str, tuple[dict[str, Any], list[_Item]]] = {}
     for it in items:
-        if it.request not in checked:
+        sent = id(it.params)  # the items hold their params: no id is reused during the call
+        if sent not in checked:
             try:
-                checked[it.request] = model.check_params(it.params)
+                checked[sent] = model.check_params(it.params)
             except InvalidInput as exc:
-                checked[it.request] = exc
-        params = checked[it.request]
+                checked[sent] = exc
+        params = checked[sent]
         if isinstance(params, InvalidInput):
             it.fail(params)
             continue
