@@ -4,9 +4,11 @@ shared by ``python -m lakeserve.jobs.batch_score`` and ``lakeserve jobs run batc
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from lakeserve.errors import ConfigError
 
@@ -22,6 +24,7 @@ class BatchOptions:
     replace_where: str | None = None  # replace only these rows of the output (a SQL predicate)
     overwrite_schema: bool = False  # let the output's schema change
     fail_on_error: bool = False  # a row that cannot be scored fails the run (nothing is written)
+    params: Mapping[str, Any] = field(default_factory=dict)  # the models' params for every row
 
 
 def add_batch_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -36,12 +39,24 @@ def add_batch_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--replace-where", help="replace only the output rows matching this SQL predicate")
     p.add_argument("--overwrite-schema", action="store_true", help="let the output table's schema change")
     p.add_argument("--fail-on-error", action="store_true", help="fail (write nothing) if a row cannot be scored")
+    p.add_argument("--params", type=_params, default={}, metavar="JSON",
+                   help="params for every row, a JSON object checked against each model's params schema")  # fmt: skip
     return p
 
 
 def _utc(text: str) -> datetime:
     value = datetime.fromisoformat(text)
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _params(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"must be a JSON object, got {text!r}")
+    return value
 
 
 def options_from_args(args: argparse.Namespace) -> BatchOptions:
@@ -55,5 +70,5 @@ def options_from_args(args: argparse.Namespace) -> BatchOptions:
     return BatchOptions(
         feature_tables=tables, features_from_input=args.features_from_input, timestamp_column=args.timestamp_column,
         as_of=args.as_of, replace_where=args.replace_where, overwrite_schema=args.overwrite_schema,
-        fail_on_error=args.fail_on_error,
+        fail_on_error=args.fail_on_error, params=args.params,
     )  # fmt: skip

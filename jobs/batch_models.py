@@ -72,7 +72,8 @@ def score_batch(plan: ScoringPlan, models: Mapping[str, ServedModel], batch: pa.
     no_time = _without_event_time(plan, frame, features)
     timed = [i for i in range(len(rows)) if not no_time[i]]
     results: list[RequestResult | None] = [None] * len(rows)
-    scored = core.score([requests[i] for i in timed], [ParsedRequest([fields[i]]) for i in timed])
+    params = dict(plan.params)  # one object for every row: the core checks it once (scoring/core.py)
+    scored = core.score([requests[i] for i in timed], [ParsedRequest([fields[i]], params=params) for i in timed])
     for i, result in zip(timed, scored, strict=True):
         results[i] = result
     untimed = [i for i in range(len(rows)) if no_time[i]]

@@ -2,19 +2,21 @@
 
 :func:`load_plan` loads each routed (and shadow) served entity on the driver, once, to pin its
 registry version (an alias is resolved now), read its feature service and entity keys from the
-model metadata and its prediction columns from the output signature; a model that cannot load
-fails the run before any Spark work starts. The resulting :class:`ScoringPlan` is plain,
+model metadata and its prediction columns from the output signature; a model that cannot load,
+or that refuses the run's params (``--params``, checked against its params schema), fails the
+run before any Spark work starts. The resulting :class:`ScoringPlan` is plain,
 picklable data: executors load the models again from the registry at the pinned versions.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import pyarrow as pa
 
-from lakeserve.errors import ConfigError
+from lakeserve.errors import ConfigError, InvalidInput
 from lakeserve.scoring.models import MlflowServedModel, ServedModel
 from lakeserve.scoring.settings import EndpointSettings, Limits, MlflowSettings, ServedEntity
 
@@ -64,6 +66,7 @@ class ScoringPlan:
     looked_up: tuple[str, ...] = ()  # feature columns that came from the offline store
     timestamp_column: str | None = None
     fail_on_error: bool = False
+    params: Mapping[str, Any] = field(default_factory=dict)  # every row's request params
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,8 +80,11 @@ class LoadedModels:
     versions: dict[str, str]  # served entity -> "model_name/version"
 
 
-def load_models(endpoint: EndpointSettings, mlflow: MlflowSettings) -> LoadedModels:
-    """Load every routed and shadow entity once on the driver; pin versions; unload again."""
+def load_models(
+    endpoint: EndpointSettings, mlflow: MlflowSettings, params: Mapping[str, Any] | None = None
+) -> LoadedModels:
+    """Load every routed and shadow entity once on the driver; pin versions; check that each takes
+    ``params`` (ConfigError naming the entity and the param); unload again."""
     wanted = [r.served_model_name for r in endpoint.traffic_config.routes]
     shadow = endpoint.traffic_config.shadow_model_name
     wanted += [shadow] if shadow is not None and shadow not in wanted else []
@@ -86,6 +92,7 @@ def load_models(endpoint: EndpointSettings, mlflow: MlflowSettings) -> LoadedMod
     try:
         for name in wanted:
             models[name] = MlflowServedModel.load(endpoint.entity(name), mlflow)
+            _check_params(models[name], params or {})
         return LoadedModels(
             pinned={n: _pinned(endpoint.entity(n), m.model_version) for n, m in models.items()},
             feature_services={n: m.feature_service for n, m in models.items()},
@@ -96,6 +103,13 @@ def load_models(endpoint: EndpointSettings, mlflow: MlflowSettings) -> LoadedMod
     finally:
         for model in models.values():
             model.unload()
+
+
+def _check_params(model: ServedModel, params: Mapping[str, Any]) -> None:
+    try:
+        model.check_params(params)
+    except InvalidInput as exc:
+        raise ConfigError(f"--params: {exc.message}") from None
 
 
 def _pinned(entity: ServedEntity, version: str) -> ServedEntity:

@@ -88,7 +88,7 @@ def run_batch_score(
     with _stage(timings, "read", f"reading {redact_uri(source)}"):
         frame, input_version = read_input(spark, source)
     with _stage(timings, "models", "loading the served entities"):
-        loaded = load_models(settings.endpoint, settings.mlflow)
+        loaded = load_models(settings.endpoint, settings.mlflow, opts.params)
     log.info("batch-score: models %s, routing by %s", loaded.versions, loaded.sticky_key)
     with _stage(timings, "features", "planning the point-in-time feature join"):
         frame, plan, tables = _features(spark, settings, frame, loaded, opts)
@@ -126,7 +126,7 @@ def _features(
     plan = ScoringPlan(
         batch_endpoint(settings.endpoint, loaded.pinned), entities, settings.mlflow, loaded.sticky_key,
         loaded.predictions, looked_up, None if opts.features_from_input else opts.timestamp_column,
-        opts.fail_on_error,
+        opts.fail_on_error, dict(opts.params),
     )  # fmt: skip
     return frame, plan, tables
 

@@ -6,6 +6,8 @@ test_batch_score.py use the real models, Feast and Delta.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pandas as pd
 import pyarrow as pa
 import pytest
@@ -80,3 +82,18 @@ def test_the_shadow_scores_a_copy_of_each_row_it_does_not_answer() -> None:
 def test_fail_on_error_raises_instead_of_recording() -> None:
     with pytest.raises(RowsFailed, match="MODEL_ERROR"):
         score_batch(_plan(SPLIT, fail_on_error=True), MODELS, _batch([1.0, 13.0]))
+
+
+def test_the_runs_params_reach_every_call_and_an_undeclared_one_is_a_400_per_row() -> None:
+    declaring = {
+        n: FakeServedModel(n, lambda f: f["x"], input_schema=INPUT, output_schema=OUTPUT, param_defaults={"k": 0})
+        for n in ("a1", "b2", "s3")
+    }
+    plan = dataclasses.replace(_plan(SPLIT), params={"k": 3})
+    out = score_batch(plan, declaring, _batch([1.0, 2.0, 3.0, 4.0])).to_pandas()
+    assert (out["status_code"] == 200).all()
+    assert [m.seen_params for m in (declaring["a1"], declaring["b2"])] == [[{"k": 3}], [{"k": 3}]]  # one call each
+    undeclared = score_batch(plan, {n: _model(n, 1.0) for n in ("a1", "b2", "s3")}, _batch([1.0, 2.0])).to_pandas()
+    assert undeclared["status_code"].tolist() == [400, 400]
+    assert set(undeclared["error_code"]) == {"INVALID_PARAMETER_VALUE"}
+    assert undeclared["error_message"].str.contains(r"does not take param\(s\) \['k'\]").all()

@@ -1,9 +1,11 @@
 """A request's ``params`` reach the model, checked against its MLflow params schema: the core with
 ``ThresholdModel`` (a ``threshold`` double, default 0.5) and a model without params, both loaded
-from a real registry (SQLite tracking, local artifacts)."""
+from a real registry (SQLite tracking, local artifacts); and the batch job's ``--params``, checked
+on the driver before any Spark work."""
 
 from __future__ import annotations
 
+import argparse
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +14,10 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from lakeserve.errors import ConfigError
 from lakeserve.features.lookup import InMemoryFeatureLookup
+from lakeserve.jobs.batch_args import add_batch_arguments, options_from_args
+from lakeserve.jobs.batch_plan import load_models
 from lakeserve.scoring.core import ScoringCore
 from lakeserve.scoring.models import MlflowServedModel, ServedModel
 from lakeserve.scoring.records import Origin, RequestResult, ScoringRequest
@@ -74,11 +79,15 @@ def plain_model(registry: MlflowSettings) -> Iterator[MlflowServedModel]:
     model.unload()
 
 
-def core_for(model: ServedModel) -> ScoringCore:
-    endpoint = EndpointSettings(
-        served_entities=[ServedEntity(name="scorer", entity_name=model.model_name, entity_version="1")],
+def endpoint_for(model_name: str) -> EndpointSettings:
+    return EndpointSettings(
+        served_entities=[ServedEntity(name="scorer", entity_name=model_name, entity_version="1")],
         traffic_config=TrafficConfig(routes=[Route(served_model_name="scorer", traffic_percentage=100)]),
     )
+
+
+def core_for(model: ServedModel) -> ScoringCore:
+    endpoint = endpoint_for(model.model_name)
     return ScoringCore(endpoint, {"scorer": model}, InMemoryFeatureLookup({}), clock=ManualClock().now)
 
 
@@ -160,3 +169,22 @@ def test_one_predict_call_per_distinct_params() -> None:
     assert [r.status_code for r in results] == [200] * 4
     assert model.seen_params == [{"k": 1}, {"k": 2}, {"k": 0}]
     assert [len(f) for f in model.seen] == [2, 1, 1]
+
+
+def test_the_batch_job_checks_its_params_on_the_driver(registry: MlflowSettings) -> None:
+    endpoint = endpoint_for(WITH_PARAMS)
+    assert load_models(endpoint, registry, {"threshold": 0.9}).versions == {"scorer": f"{WITH_PARAMS}/1"}
+    with pytest.raises(ConfigError, match=r"^--params: param 'threshold' of served entity 'scorer' expects double"):
+        load_models(endpoint, registry, {"threshold": "x"})
+    with pytest.raises(ConfigError, match=r"^--params: served entity 'scorer' does not take param\(s\) \['k'\]"):
+        load_models(endpoint, registry, {"k": 1})
+
+
+def test_the_batch_job_takes_params_as_a_json_object() -> None:
+    parser = add_batch_arguments(argparse.ArgumentParser(exit_on_error=False))
+    args = parser.parse_args(["--input", "i", "--output", "o", "--params", '{"threshold": 0.9}'])
+    assert options_from_args(args).params == {"threshold": 0.9}
+    assert options_from_args(parser.parse_args(["--input", "i", "--output", "o"])).params == {}
+    for bad in ("[0.9]", "{threshold"):
+        with pytest.raises(argparse.ArgumentError, match="--params"):
+            parser.parse_args(["--input", "i", "--output", "o", "--params", bad])
