@@ -19,7 +19,8 @@
 5. ONE ``predict`` per served entity and distinct ``params`` over all its records. Each
    request's params are checked against the model's params schema
    (:meth:`~lakeserve.scoring.models.ServedModel.check_params`): an undeclared or wrongly
-   typed param is ``INVALID_PARAMETER_VALUE`` (400) for that request's records only. The other
+   typed param is ``INVALID_PARAMETER_VALUE`` (400) for that request's records only (a shadow
+   that refuses the params fails only its copies; the answer stands). The other
    records are grouped by their request's checked params (as canonical JSON), and each group
    is predicted with its params, so requests with different params never share a call. If the
    model raises, the group is split in halves and retried down to single records, so only the

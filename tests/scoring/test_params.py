@@ -188,3 +188,22 @@ def test_the_batch_job_takes_params_as_a_json_object() -> None:
     for bad in ("[0.9]", "{threshold"):
         with pytest.raises(argparse.ArgumentError, match="--params"):
             parser.parse_args(["--input", "i", "--output", "o", "--params", bad])
+
+
+def test_a_shadow_that_refuses_the_params_fails_only_its_copy() -> None:
+    champion = FakeServedModel("scorer", lambda f: f["amount"], param_defaults={"k": 0})
+    shadow = FakeServedModel("shadow", lambda f: f["amount"])
+    endpoint = EndpointSettings(
+        served_entities=[ServedEntity(name=n, entity_name="m", entity_version="1") for n in ("scorer", "shadow")],
+        traffic_config=TrafficConfig(
+            routes=[Route(served_model_name="scorer", traffic_percentage=100)], shadow_model_name="shadow"
+        ),
+    )
+    core = ScoringCore(endpoint, {"scorer": champion, "shadow": shadow}, InMemoryFeatureLookup({}), ManualClock().now)
+    [sent, plain] = core.score([request(0, {"k": 1}), request(1)])
+    assert (sent.status_code, answer(sent)) == (200, {"predictions": [20.0]})
+    assert [(r.served_entity, r.shadow, r.status_code) for r in sent.records] == [
+        ("scorer", False, 200), ("shadow", True, 400),
+    ]  # fmt: skip
+    assert [r.status_code for r in plain.records] == [200, 200]
+    assert champion.seen_params == [{"k": 1}, {"k": 0}]
