@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 WorkloadType = Literal["CPU", "GPU", "GPU_SMALL", "GPU_MEDIUM", "GPU_LARGE"]
 
@@ -18,7 +18,15 @@ class _Section(BaseModel):
 
 
 class ServedEntity(_Section):
-    """A registered MLflow model at one version (or alias), served under ``name``."""
+    """A registered MLflow model at one version (or alias), served under ``name``.
+
+    ``workload_size`` and ``scale_to_zero_enabled`` are Databricks fields that lakeserve does not
+    implement: every served entity is loaded in every worker and stays loaded, and concurrency is
+    the number of workers (``lakeserve serve --workers N``), not a size per entity. Their
+    Databricks defaults (``Small``, ``false``) are accepted, so Databricks endpoint configs load
+    unchanged; any other value is refused when the settings load, naming the field, rather than
+    accepted and silently not done.
+    """
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     entity_name: str = Field(min_length=1, description="registered model name in MLflow")
@@ -27,6 +35,26 @@ class ServedEntity(_Section):
     workload_type: WorkloadType = "CPU"
     workload_size: Literal["Small", "Medium", "Large"] = "Small"
     scale_to_zero_enabled: bool = False
+
+    @field_validator("workload_size")
+    @classmethod
+    def _one_size(cls, value: str) -> str:
+        if value != "Small":
+            raise ValueError(
+                f"not supported by lakeserve ({value!r}): concurrency is the number of workers "
+                "(`lakeserve serve --workers N`), the same for every served entity; leave it 'Small' or omit it"
+            )
+        return value
+
+    @field_validator("scale_to_zero_enabled")
+    @classmethod
+    def _always_up(cls, value: bool) -> bool:
+        if value:
+            raise ValueError(
+                "not supported by lakeserve (workers keep every served entity loaded and never scale to "
+                "zero); set it to false or omit it"
+            )
+        return value
 
     @model_validator(mode="after")
     def _one_reference(self) -> ServedEntity:

@@ -12,6 +12,8 @@ import yaml
 from lakeserve.errors import ConfigError
 from lakeserve.settings import load_settings
 
+ALIASED = {"name": "champion", "entity_name": "m", "alias": "a"}
+
 
 def write(tmp_path: Path, data: object) -> Path:
     path = tmp_path / "lakeserve.yaml"
@@ -42,7 +44,8 @@ def test_databricks_shaped_endpoint(tmp_path: Path) -> None:
     endpoint = {
         "name": "fraud-detection",
         "served_entities": [
-            {"name": "model-v2", "entity_name": "fraud_detector", "entity_version": "2", "workload_type": "CPU"},
+            {"name": "model-v2", "entity_name": "fraud_detector", "entity_version": "2", "workload_type": "CPU",
+             "workload_size": "Small", "scale_to_zero_enabled": False},  # Databricks' defaults load
             {"name": "model-v3", "entity_name": "fraud_detector", "alias": "challenger", "workload_type": "GPU_SMALL"},
         ],
         "traffic_config": {
@@ -90,6 +93,16 @@ def test_databricks_shaped_endpoint(tmp_path: Path) -> None:
             {"endpoint": {"served_entities": [{"name": "a", "entity_name": "m"}]}},
             "endpoint.served_entities.0",
             "exactly one of entity_version or alias",
+        ),
+        (
+            {"endpoint": {"served_entities": [{**ALIASED, "scale_to_zero_enabled": True}]}},
+            "endpoint.served_entities.0.scale_to_zero_enabled",
+            "not supported by lakeserve (workers keep every served entity loaded and never scale to zero)",
+        ),
+        (
+            {"endpoint": {"served_entities": [{**ALIASED, "workload_size": "Large"}]}},
+            "endpoint.served_entities.0.workload_size",
+            "not supported by lakeserve ('Large'): concurrency is the number of workers",
         ),
         ({"kafka": {"partitions": 0}}, "kafka.partitions", "greater than or equal to 1"),
         ({"kafka": {"security_protocol": "SASL_SSL"}}, "kafka", "needs sasl_mechanism"),
