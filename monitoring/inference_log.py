@@ -33,6 +33,10 @@ What holds, whatever fails:
 
 Rows without a source position (REST answers) are buffered and appended the same way, with no
 transaction: they are logged at most once, best effort.
+
+With ``auto_capture_config.enabled: false`` there is no table: :class:`AnswerLog` takes the same
+calls (:class:`PositionLog`) and keeps only the answered positions, which the loop commits to
+Kafka; answers stay at-least-once and no row is written anywhere.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ import re
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -326,3 +331,122 @@ class InferenceLog:
             self._buffer.rows -= dropped.num_rows
             self.stats.rows_dropped_overflow += dropped.num_rows
             log.error("inference table unavailable: %d REST rows dropped (buffer full)", dropped.num_rows)
+
+
+class PositionLog(Protocol):
+    """What the delivery loop asks of the log between answering and committing (see the module
+    doc for the call order): :class:`InferenceLog` with an inference table, :class:`AnswerLog`
+    without one (``auto_capture_config.enabled: false``)."""
+
+    stats: LogStats
+
+    def resume(self, partitions: Mapping[Partition, str | None]) -> dict[Partition, int]: ...
+    def release(self, partitions: Iterable[Partition]) -> None: ...
+    def owns(self, partition: Partition) -> bool: ...
+    def owned(self) -> list[Partition]: ...
+    def fresh(self, requests: Sequence[ScoringRequest]) -> list[ScoringRequest]: ...
+    def add(self, results: Sequence[RequestResult]) -> None: ...
+    def due(self) -> bool: ...
+    @property
+    def waiting_rows(self) -> int: ...
+    def flush(self) -> dict[Partition, int]: ...
+    def committed(self, positions: Mapping[Partition, int]) -> None: ...
+
+
+class AnswerLog:
+    """The position log of an endpoint without an inference table: answered positions, no rows.
+
+    There is no table to hold the offsets as Delta transactions, so Kafka's committed offsets
+    are the only record of progress: a position is returned for commit once every record before
+    it was answered (and the broker acknowledged the answer), and a new owner resumes at the
+    group's committed offset. Answers stay at-least-once, as with a table: records answered
+    after the last commit are answered again by the next owner, under the same request ids.
+    Nothing is ever written to a table. Commits are batched like the table's appends: due once
+    ``flush_rows`` answers wait or the oldest waited ``flush_interval_ms``.
+    """
+
+    def __init__(self, *, flush_rows: int, flush_interval_ms: int, clock: MonotonicClock) -> None:
+        if flush_rows < 1 or flush_interval_ms < 0:
+            raise ConfigError(f"need flush_rows >= 1 and flush_interval_ms >= 0, got {flush_rows}, {flush_interval_ms}")
+        self._flush_rows, self._flush_interval_s, self._clock = flush_rows, flush_interval_ms / 1000, clock
+        self.stats = LogStats()  # rows_logged stays 0: nothing is logged
+        self._answered: dict[Partition, int] = {}  # owned partition -> last answered offset (-1: none)
+        self._reported: dict[Partition, int] = {}  # owned partition -> last offset committed (-1: none)
+        self._waiting = 0  # answers not flushed yet
+        self._since: float | None = None  # when the oldest of them was answered
+        self._lock = threading.RLock()  # rebalance callbacks may run between the loop's steps
+
+    def resume(self, partitions: Mapping[Partition, str | None]) -> dict[Partition, int]:
+        """Own ``partitions``; nothing is known to be done: the source starts at the group's offset."""
+        with self._lock:
+            for p in partitions:
+                self._answered[p] = self._reported[p] = -1
+            return dict.fromkeys(partitions, -1)
+
+    def release(self, partitions: Iterable[Partition]) -> None:
+        with self._lock:
+            for p in partitions:
+                self._answered.pop(p, None)
+                self._reported.pop(p, None)
+
+    def owns(self, partition: Partition) -> bool:
+        with self._lock:
+            return partition in self._answered
+
+    def owned(self) -> list[Partition]:
+        with self._lock:
+            return sorted(self._answered)
+
+    def fresh(self, requests: Sequence[ScoringRequest]) -> list[ScoringRequest]:
+        """Owned requests not answered yet by this owner (a record fetched twice is answered once)."""
+        fresh: list[ScoringRequest] = []
+        with self._lock:
+            high = dict(self._answered)
+            for r in requests:
+                p = partition_of(r)
+                if p is None:
+                    fresh.append(r)
+                elif p not in high:
+                    self.stats.dropped_not_owned += 1
+                elif int(r.origin.offset or 0) <= high[p]:
+                    self.stats.skipped_logged += 1
+                else:
+                    high[p] = int(r.origin.offset or 0)
+                    fresh.append(r)
+        return fresh
+
+    def add(self, results: Sequence[RequestResult]) -> None:
+        """``results`` were answered: their positions may be committed."""
+        with self._lock:
+            for result in results:
+                p = partition_of(result.request)
+                if p is None or p not in self._answered:
+                    continue
+                self._answered[p] = max(self._answered[p], int(result.request.origin.offset or 0))
+                self._waiting += 1
+                if self._since is None:
+                    self._since = self._clock()
+
+    def due(self) -> bool:
+        """True once ``flush_rows`` answers wait, the oldest waited ``flush_interval_ms``, or a
+        flushed position is not committed yet (its commit failed)."""
+        with self._lock:
+            if self._since is None:
+                return any(a > self._reported[p] for p, a in self._answered.items())
+            return self._waiting >= self._flush_rows or self._clock() - self._since >= self._flush_interval_s
+
+    @property
+    def waiting_rows(self) -> int:
+        return 0  # no rows: nothing goes to a table
+
+    def flush(self) -> dict[Partition, int]:
+        """``{partition: next offset}`` for every partition answered past its last commit."""
+        with self._lock:
+            self._waiting, self._since = 0, None
+            return {p: a + 1 for p, a in self._answered.items() if a > self._reported[p]}
+
+    def committed(self, positions: Mapping[Partition, int]) -> None:
+        with self._lock:
+            for p, position in positions.items():
+                if p in self._reported:
+                    self._reported[p] = max(self._reported[p], position - 1)

@@ -18,6 +18,13 @@ For every micro-batch, in this order and only here:
    offsets the log returned. Only offsets whose records were answered and logged are ever
    committed, so rows are written exactly once.
 
+With ``endpoint.auto_capture_config.enabled: false`` there is no inference table and no row is
+written: the log is an :class:`~lakeserve.monitoring.inference_log.AnswerLog`, step 4 only
+notes the answered positions and step 5 commits them to Kafka once the answers are
+acknowledged (no Delta commit before). Answers are at-least-once as above: the next owner of a
+partition resumes at the group's committed offset, so what was answered after the last commit
+is answered again, under the same request ids; what was committed is never answered again.
+
 What each failure does (docs/inference-table.md has the table):
 
 - A component the core needs (the Feast online store, a model runtime) raises
@@ -51,7 +58,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from lakeserve.errors import ComponentError, LakeserveError, ServiceUnavailable
-from lakeserve.monitoring.inference_log import InferenceLog, Partition, partition_of
+from lakeserve.monitoring.inference_log import Partition, PositionLog, partition_of
 from lakeserve.pipelines.crash_guard import CrashGuard, Quarantined
 from lakeserve.pipelines.kafka_sinks import ResponseSink, Undelivered, undeliverable
 from lakeserve.pipelines.kafka_source import RebalanceHandler, RequestSource
@@ -107,7 +114,7 @@ class DeliveryLoop(RebalanceHandler):
         make_source: Callable[[RebalanceHandler], RequestSource],
         scorer: Scorer,
         sink: ResponseSink,
-        inference_log: InferenceLog,
+        inference_log: PositionLog,
         policy: RetryPolicy,
         *,
         before_batch: Callable[[], None] = lambda: None,

@@ -10,7 +10,7 @@ import pyarrow as pa
 
 from lakeserve.features.feast_lookup import FeastFeatureLookup
 from lakeserve.monitoring.delta_writer import InferenceTableWriter
-from lakeserve.monitoring.inference_log import InferenceLog
+from lakeserve.monitoring.inference_log import AnswerLog, InferenceLog
 from lakeserve.monitoring.inference_rows import RowFormat
 from lakeserve.monitoring.table_schema import inference_schema
 from lakeserve.pipelines.settings import ServiceSettings
@@ -54,3 +54,10 @@ def new_inference_log(settings: ServiceSettings, writer: InferenceTableWriter, r
         conflict_retries=tables.commit_conflict_retries,
         max_buffered_rows=tables.max_buffered_rows,
     )
+
+
+def new_answer_log(settings: ServiceSettings) -> AnswerLog:
+    """The position log of an endpoint without a table (``auto_capture_config.enabled: false``):
+    answered offsets committed to Kafka, batched as ``tables`` says."""
+    tables = settings.tables
+    return AnswerLog(flush_rows=tables.flush_rows, flush_interval_ms=tables.flush_interval_ms, clock=time.monotonic)

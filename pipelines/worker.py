@@ -2,7 +2,9 @@
 
 ``build_worker`` loads the served models, opens Feast and the inference table (declaring its
 schema from the models' signatures and the feature services), and composes the delivery loop
-(:mod:`lakeserve.pipelines.delivery_loop`) with the Kafka source and sink and the inference log.
+(:mod:`lakeserve.pipelines.delivery_loop`) with the Kafka source and sink and the inference log;
+with ``auto_capture_config.enabled: false`` no table is opened or created, and the loop gets an
+answer log that only commits the answered offsets to Kafka.
 ``run_worker`` runs it until a stop event, with the endpoint updater watching in a background
 thread; updates are swapped in between micro-batches (:func:`~lakeserve.pipelines.updates.apply_pending_update`).
 """
@@ -17,9 +19,10 @@ from dataclasses import dataclass
 from lakeserve.features.feast_lookup import FeastFeatureLookup
 from lakeserve.features.store import feature_store
 from lakeserve.monitoring.delta_writer import DeltaInferenceWriter
+from lakeserve.monitoring.inference_log import PositionLog
 from lakeserve.pipelines.crash_guard import CrashGuard
 from lakeserve.pipelines.delivery_loop import DeliveryLoop, RetryPolicy
-from lakeserve.pipelines.inference_table import new_inference_log, row_format, table_schema
+from lakeserve.pipelines.inference_table import new_answer_log, new_inference_log, row_format, table_schema
 from lakeserve.pipelines.kafka_errors import check_login
 from lakeserve.pipelines.kafka_settings import KafkaSettings
 from lakeserve.pipelines.kafka_sinks import KafkaResponseSink
@@ -53,16 +56,23 @@ def build_worker(
     lookup = FeastFeatureLookup(feature_store(settings.feast))
     models = load_models(settings, endpoint)
     core = ScoringCore(endpoint, models, lookup)
-    writer = DeltaInferenceWriter(settings.inference_table_uri)
-    inference_log = new_inference_log(settings, writer, row_format(endpoint, writer, table_schema(models, lookup)))
     updater = new_updater(settings, endpoint, models)
+    if endpoint.auto_capture_config.enabled:
+        writer = DeltaInferenceWriter(settings.inference_table_uri)
+        table_log = new_inference_log(settings, writer, row_format(endpoint, writer, table_schema(models, lookup)))
+        position_log: PositionLog = table_log
 
-    def before_batch() -> None:
-        swapped = apply_pending_update(
-            updater, core, lambda u: row_format(u.endpoint, writer, table_schema(u.models, lookup))
-        )
-        if swapped is not None:
-            inference_log.row_format = swapped[1]
+        def before_batch() -> None:
+            swapped = apply_pending_update(
+                updater, core, lambda u: row_format(u.endpoint, writer, table_schema(u.models, lookup))
+            )
+            if swapped is not None:
+                table_log.row_format = swapped[1]
+    else:  # no table: offsets are committed to Kafka once answered (delivery_loop's docstring)
+        position_log = new_answer_log(settings)
+
+        def before_batch() -> None:
+            apply_pending_update(updater, core, lambda u: None)
 
     def make_source(handler: RebalanceHandler) -> KafkaRequestSource:
         return KafkaRequestSource(settings.kafka, endpoint.limits, handler, metrics=metrics)
@@ -71,7 +81,7 @@ def build_worker(
         make_source,
         core,
         KafkaResponseSink(settings.kafka),
-        inference_log,
+        position_log,
         retry_policy(settings.kafka),
         before_batch=before_batch,
         metrics=metrics,

@@ -15,7 +15,7 @@ from deltalake import DeltaTable
 
 from lakeserve.errors import CommitConflict, ComponentError
 from lakeserve.monitoring.delta_writer import DeltaInferenceWriter, InMemoryInferenceWriter
-from lakeserve.monitoring.inference_log import InferenceLog, app_id
+from lakeserve.monitoring.inference_log import AnswerLog, InferenceLog, app_id
 from lakeserve.monitoring.inference_rows import RowFormat
 from lakeserve.monitoring.table_schema import inference_schema
 from lakeserve.scoring.records import Origin, RecordResult, RequestResult, ScoringRequest
@@ -256,3 +256,28 @@ def test_two_writers_and_a_schema_change_on_one_delta_table_log_every_row_once(t
     for group in logs:
         assert table.transaction_version(app_id(group, TOPIC, 0)) == 39  # ... each group's 40 rows once
     assert "extra_7" in table.schema().to_arrow().names
+
+
+def test_answer_log_returns_answered_positions_without_a_table() -> None:
+    """Capture disabled: positions of answered records become due (batched like appends), a
+    failed commit stays due, a record fetched twice is answered once, revoked partitions go."""
+    clock = Clock()
+    log = AnswerLog(flush_rows=3, flush_interval_ms=500, clock=clock)
+    assert log.resume({P0: None, P1: None}) == {P0: -1, P1: -1}
+    fresh = log.fresh([request(0), request(1), request(0, 1), request(0, 2)])  # partition 2 is not owned
+    assert [r.request_id for r in fresh] == ["r0-0-kafka", "r0-1-kafka", "r1-0-kafka"]
+    log.add(answered(fresh[:2]))
+    assert not log.due()
+    clock.now = 0.5
+    assert log.due()  # the oldest answer waited flush_interval_ms
+    assert log.flush() == {P0: 2}
+    assert log.due()  # not committed yet: due again
+    log.committed({P0: 2})
+    assert not log.due()
+    assert log.fresh([request(1), request(2)])[0].request_id == "r0-2-kafka"  # offset 1 was answered
+    log.add(answered([request(0, 1), request(2), request(3)]))
+    assert log.due()  # flush_rows answers wait
+    log.release([P1])
+    assert log.flush() == {P0: 4}
+    assert log.waiting_rows == 0
+    assert log.stats.rows_logged == 0
