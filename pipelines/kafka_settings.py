@@ -8,6 +8,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 MiB = 1024 * 1024
+# headers lakeserve writes itself on answers and dead letters: a request cannot pass its own through
+OWN_HEADERS = frozenset({
+    "request-id", "client-request-id", "served-model-name", "status", "error-code", "error-message",
+    "source-topic", "source-partition", "source-offset", "original-bytes",
+})  # fmt: skip
 
 
 class KafkaSettings(BaseModel):
@@ -65,6 +70,22 @@ class KafkaSettings(BaseModel):
         description="largest message lakeserve produces and the max.message.bytes of topics it creates (and of "
         "the embedded broker); at least the endpoint's largest request or answer plus headers",
     )
+
+    passthrough_headers: list[str] = Field(
+        default_factory=lambda: ["traceparent", "tracestate", "correlation-id"],
+        description="request headers copied, by exact name, onto the answer and the dead letter (correlation and "
+        "trace ids); []: none",
+    )
+
+    @field_validator("passthrough_headers")
+    @classmethod
+    def _not_own_headers(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if not name or not name.isprintable() or name != name.strip():
+                raise ValueError(f"{name!r} is not a header name: non-empty and printable, no surrounding spaces")
+            if name in OWN_HEADERS:
+                raise ValueError(f"{name!r} is a header lakeserve writes itself and cannot be passed through")
+        return list(dict.fromkeys(names))
 
     @field_validator("sasl_mechanism")
     @classmethod

@@ -1,8 +1,11 @@
 """Where answers go: the responses topic, and the dead-letter topic for requests that failed.
 
 An answer is keyed like its request and carries headers ``request-id``, ``client-request-id``,
-``served-model-name`` and ``status``. A request answered with an error status also goes to the
-dead-letter topic with its original bytes and headers naming the reason and its position.
+``served-model-name`` and ``status``, plus the request's headers named in
+``kafka.passthrough_headers`` (``traceparent``, ``tracestate`` and ``correlation-id`` by default;
+exact names, values as UTF-8 text). A request answered with an error status also goes to the
+dead-letter topic with its original bytes, headers naming the reason and its position, and the
+same passed-through headers.
 :meth:`ResponseSink.deliver` returns once the broker has acknowledged everything sent
 (``acks=all``) and says what it did not acknowledge: the delivery loop sends those again.
 """
@@ -25,16 +28,23 @@ from lakeserve.scoring.records import RequestResult
 log = logging.getLogger(__name__)
 
 
-def answer_headers(result: RequestResult) -> list[tuple[str, bytes]]:
+def answer_headers(result: RequestResult, passthrough: Sequence[str] = ()) -> list[tuple[str, bytes]]:
     headers = [("request-id", result.request.request_id), ("status", str(result.status_code))]
     if result.client_request_id:
         headers.append(("client-request-id", result.client_request_id))
     if result.served_model_name:
         headers.append(("served-model-name", result.served_model_name))
+    headers += passed_through(result, passthrough)
     return [(k, v.encode("utf-8", "replace")) for k, v in headers]
 
 
-def dead_letter_headers(result: RequestResult) -> list[tuple[str, bytes]]:
+def passed_through(result: RequestResult, names: Sequence[str]) -> list[tuple[str, str]]:
+    """The request's headers named in ``kafka.passthrough_headers`` (exact names), in that order."""
+    request = result.request.headers
+    return [(name, request[name]) for name in names if name in request]
+
+
+def dead_letter_headers(result: RequestResult, passthrough: Sequence[str] = ()) -> list[tuple[str, bytes]]:
     origin = result.request.origin
     headers = [
         ("request-id", result.request.request_id),
@@ -44,6 +54,7 @@ def dead_letter_headers(result: RequestResult) -> list[tuple[str, bytes]]:
         ("source-topic", origin.topic or ""),
         ("source-partition", "" if origin.partition is None else str(origin.partition)),
         ("source-offset", "" if origin.offset is None else str(origin.offset)),
+        *passed_through(result, passthrough),
     ]
     return [(k, v.encode("utf-8", "replace")) for k, v in headers]
 
@@ -174,11 +185,12 @@ class KafkaResponseSink:
 
     def _send_answer(self, r: RequestResult) -> Any:
         return self.producer.send(
-            self.kafka.responses_topic, value=r.response_body, key=r.request.origin.key, headers=answer_headers(r)
+            self.kafka.responses_topic, value=r.response_body, key=r.request.origin.key,
+            headers=answer_headers(r, self.kafka.passthrough_headers),
         )
 
     def _send_dead_letter(self, r: RequestResult, *, with_body: bool) -> Any:
-        headers = dead_letter_headers(r)
+        headers = dead_letter_headers(r, self.kafka.passthrough_headers)
         if not with_body:
             headers.append(("original-bytes", f"dropped: {len(r.request.body)} bytes over the topic's limit".encode()))
         return self.producer.send(

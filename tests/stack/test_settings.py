@@ -105,6 +105,11 @@ def test_databricks_shaped_endpoint(tmp_path: Path) -> None:
             "not supported by lakeserve ('Large'): concurrency is the number of workers",
         ),
         ({"kafka": {"partitions": 0}}, "kafka.partitions", "greater than or equal to 1"),
+        (
+            {"kafka": {"passthrough_headers": ["correlation-id", "status"]}},
+            "kafka.passthrough_headers",
+            "'status' is a header lakeserve writes itself and cannot be passed through",
+        ),
         ({"kafka": {"security_protocol": "SASL_SSL"}}, "kafka", "needs sasl_mechanism"),
         (
             {"kafka": {"security_protocol": "SASL_SSL", "sasl_mechanism": "OAUTHBEARER"}},
