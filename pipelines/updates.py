@@ -10,7 +10,10 @@ Two things trigger an update:
 
 Every worker polls both every ``poll_interval_s``. It loads only models whose version changed,
 reuses the others, and hands the result to the delivery loop, which swaps it in before its next
-micro-batch. The outcome (applied, or failed and why) is written to the control file's
+micro-batch. A change is compared with the newest prepared config (the pending update while the
+loop has not taken it, e.g. an idle REST server), so one move is loaded once, not at every poll;
+a pending update that a newer one replaces before it was swapped in has its own loads unloaded.
+The outcome (applied, or failed and why) is written to the control file's
 ``.status.json`` beside it, which ``lakeserve endpoint status`` and tests read.
 """
 
@@ -113,20 +116,23 @@ class EndpointUpdater:
 
     def applied(self, update: Update, retired: Mapping[str, ServedModel]) -> None:
         """Record the swap and unload the models the new config no longer uses."""
-        in_use = {id(m) for m in update.models.values()}
-        for model in retired.values():
-            if id(model) not in in_use:
-                model.unload()
+        self._unload(retired, keep=[update])
         self.current = update
         self._write_status("applied", None)
 
     def refused(self, update: Update, error: Exception) -> None:
         """Record that a prepared update could not be swapped in; unload the models it loaded."""
-        in_use = {id(m) for m in self.current.models.values()}
-        for model in update.models.values():
+        self._unload(update.models, keep=[self.current])
+        self._write_status("failed", str(error))
+
+    def _unload(self, models: Mapping[str, ServedModel], keep: list[Update]) -> None:
+        """Unload ``models`` but those ``keep`` or the pending update (which may reuse them) hold."""
+        with self._lock:
+            holders = [*keep, *([self._pending] if self._pending is not None else [])]
+        in_use = {id(m) for u in holders for m in u.models.values()}
+        for model in models.values():
             if id(model) not in in_use:
                 model.unload()
-        self._write_status("failed", str(error))
 
     def watch(self, stop: threading.Event) -> None:
         """Poll until ``stop``; run it in a daemon thread."""
@@ -149,8 +155,15 @@ class EndpointUpdater:
             self._write_status("failed", str(exc))
             return None
         with self._lock:
-            self._pending = update
+            superseded, self._pending = self._pending, update
+        if superseded is not None:  # prepared, never swapped in: its own loads would leak
+            self._unload(superseded.models, keep=[self.current])
         return update
+
+    def _newest(self) -> Update:
+        """What the service will serve once the loop takes what is prepared."""
+        with self._lock:
+            return self._pending or self.current
 
     def _wanted_endpoint(self) -> EndpointSettings | None:
         stamp = self._stamp()
@@ -161,25 +174,30 @@ class EndpointUpdater:
             except ConfigError as exc:
                 self._write_status("failed", str(exc))
                 return None
-        endpoint = self.current.endpoint
+        newest = self._newest()
         moved = [
             e
-            for e in endpoint.served_entities
-            if e.alias and resolve_version(e, self.mlflow) != self.current.models[e.name].model_version
+            for e in newest.endpoint.served_entities
+            if e.alias and resolve_version(e, self.mlflow) != newest.models[e.name].model_version
         ]
-        return endpoint if moved else None
+        return newest.endpoint if moved else None
 
     def _load(self, endpoint: EndpointSettings) -> dict[str, ServedModel]:
+        """The models of ``endpoint``: those the pending or current config already holds, reused."""
         models: dict[str, ServedModel] = {}
+        candidates = [self._newest(), self.current]
         for entity in endpoint.served_entities:
-            old = self.current.models.get(entity.name)
-            same = (
-                old is not None
-                and old.model_name == entity.entity_name
-                and old.model_version == resolve_version(entity, self.mlflow)
-                and self.current.endpoint.entity(entity.name).workload_type == entity.workload_type
+            version = resolve_version(entity, self.mlflow)
+            reusable = (
+                held.models[entity.name]
+                for held in candidates
+                if entity.name in held.models
+                and held.models[entity.name].model_name == entity.entity_name
+                and held.models[entity.name].model_version == version
+                and held.endpoint.entity(entity.name).workload_type == entity.workload_type
             )
-            models[entity.name] = old if same and old is not None else self.loader(entity)
+            held_model = next(reusable, None)
+            models[entity.name] = held_model if held_model is not None else self.loader(entity)
         return models
 
     def _stamp(self) -> tuple[int, int] | None:

@@ -17,7 +17,10 @@ import yaml
 from conftest_helpers import answers_for, produce, running, settings_for
 
 from lakeserve.jobs.demo_data import request_bodies
-from lakeserve.pipelines.updates import read_status
+from lakeserve.pipelines.updates import EndpointUpdater, read_status
+from lakeserve.scoring.models import resolve_version
+from lakeserve.scoring.settings import ServedEntity
+from lakeserve.scoring.testing import FakeServedModel
 from lakeserve.settings import Settings
 
 
@@ -172,3 +175,50 @@ def test_alias_moved_in_the_registry_is_followed(stack: Settings, demo_assets) -
         worker.loop.sink.close()
     assert status["serving"] == {"champion": f"card_fraud/{champion}", "challenger": f"card_fraud/{champion}"}
     assert worker.core.table.models["challenger"].model_version == str(champion)
+
+
+def test_a_moved_alias_is_loaded_once_and_a_superseded_load_unloaded(
+    stack: Settings, demo_assets, tmp_path: Path
+) -> None:
+    """An idle service never takes the prepared update: the poll must not load the same move
+    again at every interval, and a pending load that a newer move replaces must be unloaded.
+    The registry is the real one; the models are fakes that record their unloading."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=stack.mlflow.tracking_uri, registry_uri=stack.mlflow.registry_uri)
+    champion = client.get_model_version_by_alias("card_fraud", "champion").version
+    challenger = client.get_model_version_by_alias("card_fraud", "challenger").version
+    assert champion != challenger
+    loads: list[FakeServedModel] = []
+
+    def fake(entity: ServedEntity) -> FakeServedModel:
+        return FakeServedModel(entity.name, lambda f: f.iloc[:, 0], "card_fraud", resolve_version(entity, stack.mlflow))
+
+    def loader(entity: ServedEntity) -> FakeServedModel:
+        loads.append(fake(entity))
+        return loads[-1]
+
+    endpoint = stack.endpoint
+    serving = {e.name: fake(e) for e in endpoint.served_entities}
+    updater = EndpointUpdater(endpoint, serving, tmp_path, stack.mlflow, loader)
+    try:
+        client.set_registered_model_alias("card_fraud", "challenger", str(champion))
+        first = updater.check()
+        assert first is not None
+        assert [m.model_version for m in loads] == [str(champion)]  # only the moved entity loads
+        assert first.models["champion"] is serving["champion"]
+        for _ in range(3):  # idle: nobody takes the update; the polls see nothing new to load
+            assert updater.check() is None
+        assert len(loads) == 1
+
+        client.set_registered_model_alias("card_fraud", "challenger", str(challenger))  # moved back, not swapped yet
+        second = updater.check()
+        assert second is not None
+        assert loads[0].unloaded  # the superseded load, never swapped in, is released
+        assert second.models["challenger"] is serving["challenger"]  # the version already served is reused
+        assert len(loads) == 1
+        assert updater.take_pending() is second
+        updater.applied(second, serving)
+        assert not any(m.unloaded for m in serving.values())  # still in use
+    finally:
+        client.set_registered_model_alias("card_fraud", "challenger", str(challenger))
