@@ -186,6 +186,7 @@ def _metadata(record: RecordResult, endpoint_name: str) -> list[tuple[str, str]]
         "model_name": record.model_name,
         "model_version": record.model_version,
         "served_entity": record.served_entity,
+        "device": record.device,
     }
     return [(k, v) for k, v in pairs.items() if v is not None]
 

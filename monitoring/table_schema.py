@@ -32,7 +32,7 @@ BASE_FIELDS: list[pa.Field] = [
     pa.field("latency_ms", pa.float64()),  # arrival to result, model time included
     pa.field("request", pa.string()),  # raw body; null when over the logging cap
     pa.field("response", pa.string()),  # this record's answer as JSON
-    pa.field("request_metadata", pa.map_(pa.string(), pa.string())),  # endpoint, model name, version
+    pa.field("request_metadata", pa.map_(pa.string(), pa.string())),  # endpoint, model name, version, device
     pa.field("served_entity", pa.string()),
     pa.field("model_name", pa.string()),
     pa.field("model_version", pa.string()),

@@ -457,6 +457,7 @@ def _new_record(index: int, model: ServedModel, row: dict[str, Any], shadow: boo
         served_entity=model.name,
         model_name=model.model_name,
         model_version=model.model_version,
+        device=model.device,
         shadow=shadow,
         inputs=dict(row),
     )

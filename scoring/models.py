@@ -20,8 +20,6 @@ as it is in the records that lack it when another record carries it.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
@@ -33,6 +31,7 @@ import pandas as pd
 import pyarrow as pa
 
 from lakeserve.errors import ComponentError, ConfigError, InvalidInput, ModelError
+from lakeserve.scoring.devices import Device, placed, placement, require_cuda
 from lakeserve.scoring.settings import MlflowSettings, ServedEntity
 
 if TYPE_CHECKING:
@@ -71,6 +70,8 @@ class ServedModel(Protocol):
     def feature_service(self) -> str | None: ...
     @property
     def entity_keys(self) -> Sequence[str]: ...
+    @property
+    def device(self) -> Device: ...  # where it runs (lakeserve.scoring.devices)
 
     def check_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """A request's params as the model takes them (``{}`` for none); InvalidInput (400) naming
@@ -289,27 +290,19 @@ def predict_isolating(
     return pd.concat([first, second], ignore_index=True), first_errors + second_errors
 
 
-def require_cuda(entity: ServedEntity) -> None:
-    """Raise ConfigError unless a CUDA device is visible to torch (GPU workload types only)."""
-    if not entity.on_gpu:
-        return
-    if importlib.util.find_spec("torch") is None:
-        raise ConfigError(
-            f"served entity {entity.name!r} asks for GPU ({entity.workload_type}) but no CUDA device "
-            f"is visible: torch is not installed"
-        )
-    torch = importlib.import_module("torch")
-    if not torch.cuda.is_available():
-        raise ConfigError(
-            f"served entity {entity.name!r} asks for GPU ({entity.workload_type}) but no CUDA device is visible"
-        )
-
-
 class MlflowServedModel:
     """A registered MLflow model at one version, loaded as a pyfunc."""
 
-    def __init__(self, entity: ServedEntity, version: str, model: PyFuncModel, local_dir: str | None = None) -> None:
+    def __init__(
+        self,
+        entity: ServedEntity,
+        version: str,
+        model: PyFuncModel,
+        local_dir: str | None = None,
+        device: Device = "cpu",
+    ) -> None:
         self._entity = entity
+        self._device: Device = device
         self._version = version
         self._model: PyFuncModel | None = model
         self._local_dir = local_dir
@@ -330,11 +323,11 @@ class MlflowServedModel:
         version = resolve_version(entity, mlflow)
         local_dir = tempfile.mkdtemp(prefix=f"lakeserve-{entity.name}-")
         try:
-            model = _load_pyfunc(entity, version, mlflow, local_dir)
+            model, device = _load_pyfunc(entity, version, mlflow, local_dir)
         except BaseException:
             shutil.rmtree(local_dir, ignore_errors=True)
             raise
-        return cls(entity, version, model, local_dir)
+        return cls(entity, version, model, local_dir, device)
 
     @property
     def name(self) -> str:
@@ -363,6 +356,10 @@ class MlflowServedModel:
     @property
     def entity_keys(self) -> Sequence[str]:
         return self._entity_keys
+
+    @property
+    def device(self) -> Device:
+        return self._device
 
     def check_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """Checked by MLflow's own ``ParamSpec.validate_type_and_shape``, value by value."""
@@ -421,11 +418,16 @@ def resolve_version(entity: ServedEntity, mlflow: MlflowSettings) -> str:
         ) from exc
 
 
-def _load_pyfunc(entity: ServedEntity, version: str, settings: MlflowSettings, local_dir: str) -> PyFuncModel:
-    """Download the version's artifacts through the settings' registry (no global URI), then load."""
+def _load_pyfunc(
+    entity: ServedEntity, version: str, settings: MlflowSettings, local_dir: str
+) -> tuple[PyFuncModel, Device]:
+    """Download the version's artifacts through the settings' registry (no global URI), then load
+    the model onto the entity's device (:func:`lakeserve.scoring.devices.placement`)."""
     from mlflow.artifacts import download_artifacts
     from mlflow.exceptions import MlflowException
-    from mlflow.pyfunc import load_model
+    from mlflow.models import Model
+    from mlflow.models.model import MODEL_CONFIG
+    from mlflow.pyfunc import MAIN, load_model
     from mlflow.tracking import MlflowClient
 
     uri = f"models:/{entity.entity_name}/{version}"
@@ -433,18 +435,12 @@ def _load_pyfunc(entity: ServedEntity, version: str, settings: MlflowSettings, l
     try:
         source = client.get_model_version_download_uri(entity.entity_name, version)
         path = download_artifacts(artifact_uri=source, dst_path=local_dir, tracking_uri=settings.tracking_uri)
-        config = {"device": "cuda"} if entity.on_gpu and _takes_device(path) else None
-        return load_model(path, model_config=config)
+        pyfunc = Model.load(path).flavors.get("python_function", {})
+        where = placement(entity, pyfunc.get(MAIN), pyfunc.get(MODEL_CONFIG))
+        with placed(where):
+            return load_model(path, model_config=where.model_config), where.device
     except (MlflowException, OSError, ImportError) as exc:
         raise ComponentError("mlflow", f"loading {uri} for served entity {entity.name!r} failed: {exc}") from exc
-
-
-def _takes_device(path: str) -> bool:
-    """Whether the model's flavor honours ``model_config={"device": ...}`` (pytorch, transformers)."""
-    from mlflow.models import Model
-
-    loader = Model.load(path).flavors.get("python_function", {}).get("loader_module")
-    return loader in {"mlflow.pytorch", "mlflow.transformers"}
 
 
 def model_summary(models: Mapping[str, ServedModel]) -> dict[str, str]:

@@ -52,6 +52,7 @@ class RecordResult:
     served_entity: str | None = None
     model_name: str | None = None
     model_version: str | None = None
+    device: str | None = None  # where the model ran: cpu | cuda
     shadow: bool = False
     inputs: dict[str, Any] = field(default_factory=dict)  # fields the request carried
     features: dict[str, Any] = field(default_factory=dict)  # values looked up in Feast

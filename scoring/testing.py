@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
+from lakeserve.scoring.devices import Device
 from lakeserve.scoring.models import PREDICTION, undeclared_params
 
 
@@ -31,6 +32,7 @@ class FakeServedModel:
     output_schema: pa.Schema | None = None
     feature_service: str | None = None
     entity_keys: Sequence[str] = ()
+    device: Device = "cpu"
     param_defaults: Mapping[str, Any] = field(default_factory=dict)
     seen: list[pd.DataFrame] = field(default_factory=list)
     seen_params: list[dict[str, Any]] = field(default_factory=list)

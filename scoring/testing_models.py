@@ -4,7 +4,8 @@
 negative ``amount``, the way a user's model raises on input it was never meant to see;
 ``StallingModel`` hangs and ``CrashingModel`` kills its process on one marked amount;
 ``ThresholdModel`` takes a ``threshold`` param (log it with :data:`THRESHOLD_PARAMS` in its
-signature) that decides ``prediction`` from the probability.
+signature) that decides ``prediction`` from the probability; ``DeviceReportingModel`` answers
+with the device its ``model_config`` told it and its process's ``CUDA_VISIBLE_DEVICES``.
 """
 
 from __future__ import annotations
@@ -56,3 +57,19 @@ class CrashingModel(GuardedModel):
         if (model_input["amount"].astype(float) == -9).any():
             os.kill(os.getpid(), signal.SIGKILL)
         return super().predict(context, model_input, params)
+
+
+class DeviceReportingModel(PythonModel):
+    """A pyfunc told its device through ``model_config`` (log it with ``model_config={"device":
+    None}``): ``device`` is what it was told, ``cuda_visible`` its process's
+    ``CUDA_VISIBLE_DEVICES`` ("unset" when not set), beside a ``prediction`` of 1 per row."""
+
+    def load_context(self, context: Any) -> None:
+        self.device = str((context.model_config or {}).get("device"))
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        rows = len(model_input)
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "unset")
+        return pd.DataFrame(
+            {"prediction": [1] * rows, "device": [self.device] * rows, "cuda_visible": [visible] * rows}
+        )

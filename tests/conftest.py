@@ -19,6 +19,7 @@ import pytest
 import yaml
 from netutil import free_ports
 
+from lakeserve.scoring.devices import cuda_device_count
 from lakeserve.settings import Settings, load_settings
 
 if TYPE_CHECKING:
@@ -41,6 +42,16 @@ TEST_OVERRIDES = {
     "mlflow": {"ui_port": None},
 }
 SCRAM_USER, SCRAM_PASSWORD = "scorer", "s3cret-for-tests"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The GPU suite (marker ``gpu``, tests/gpu) runs only where a CUDA device is visible;
+    elsewhere its tests are deselected (pytest reports them as deselected: never run, never
+    counted as passed or skipped)."""
+    gpu = [item for item in items if item.get_closest_marker("gpu") is not None]
+    if gpu and cuda_device_count() == 0:
+        config.hook.pytest_deselected(items=gpu)
+        items[:] = [item for item in items if item.get_closest_marker("gpu") is None]
 
 
 @pytest.fixture(scope="session")

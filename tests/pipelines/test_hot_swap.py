@@ -112,12 +112,13 @@ def test_traffic_update_under_load_swaps_without_failures(
 
 
 def test_update_that_cannot_load_keeps_the_old_config(
-    stack: Settings, demo_assets, config_file: Path, tmp_path: Path
+    stack: Settings, demo_assets, config_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # no CUDA device for this worker, on any machine
     settings = settings_for(stack, "bad-update")
     customers = pd.read_parquet(demo_assets.data_dir / "customers.parquet")
     entities = settings.endpoint.model_dump(mode="json")["served_entities"]
-    entities[1]["workload_type"] = "GPU_SMALL"  # no CUDA on this machine: the load fails
+    entities[1]["workload_type"] = "GPU_SMALL"  # no CUDA device visible: the load fails
     new = endpoint_file(tmp_path, settings, served_entities=entities)
     with running(settings) as worker:
         published = time.time()

@@ -92,12 +92,6 @@ def test_load_by_version_and_unknown_alias(registry: MlflowSettings) -> None:
         MlflowServedModel.load(entity(alias="nobody"), registry)
 
 
-def test_gpu_entity_without_cuda_is_refused(registry: MlflowSettings) -> None:
-    gpu = ServedEntity(name="gpu-one", entity_name=MODEL, alias="champion", workload_type="GPU_SMALL")
-    with pytest.raises(ConfigError, match=r"served entity .gpu-one. asks for GPU .* no CUDA device is visible"):
-        MlflowServedModel.load(gpu, registry)
-
-
 def test_signature_check_is_per_record(registry: MlflowSettings) -> None:
     model = MlflowServedModel.load(entity(alias="champion"), registry)
     frame = pd.DataFrame({"amount": [1, "x", None], "avg_amount": [2.0, 3.0, 4.0]})
