@@ -192,9 +192,10 @@ def produce_tracked(settings: Settings, bodies: list[bytes]) -> list[tuple[int, 
 GOOD = {"customer_id": 7, "amount": 12.5, "merchant_category": "grocery", "hour_of_day": 10, "is_online": 0}
 
 
-def register_model(settings: Settings, python_model: Any, name: str) -> str:
+def register_model(settings: Settings, python_model: Any, name: str, params: dict[str, Any] | None = None) -> str:
     """Register ``python_model`` (a class of ``lakeserve.scoring.testing_models``) under ``name``,
-    reading the v1 feature service; returns its version."""
+    reading the v1 feature service, with ``params`` (name: default) in its signature; returns its
+    version."""
     import mlflow
     from mlflow.models import infer_signature
 
@@ -206,7 +207,7 @@ def register_model(settings: Settings, python_model: Any, name: str) -> str:
         **{k: v for k, v in GOOD.items() if k != "customer_id"},
         "customer_age": 30, "account_age_days": 100, "avg_amount_30d": 20.0, "txn_count_7d": 3, "chargeback_rate": 0.01,
     }])  # fmt: skip
-    signature = infer_signature(example, python_model.predict(None, example))
+    signature = infer_signature(example, python_model.predict(None, example), params=params)
     with mlflow.start_run():
         info = mlflow.pyfunc.log_model(
             name="model",
