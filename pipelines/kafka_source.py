@@ -99,7 +99,7 @@ class KafkaRequestSource:
         from kafka.errors import KafkaError
 
         self.kafka, self.limits, self.clock = kafka, limits, clock
-        self.metrics = metrics  # optional hook: told the consumer lag before each poll
+        self.metrics = metrics  # optional hook: told the consumer lag before each poll and after each idle one
         # a record is at most the topic's max.message.bytes, which is at least the largest request
         self._max_fetch_bytes = max(kafka.max_message_bytes, limits.max_request_bytes + 1024 * 1024)
         self._topic_ids: dict[str, str | None] = {}
@@ -177,6 +177,8 @@ class KafkaRequestSource:
         for tp, messages in records.items():
             if messages:
                 self.consumer.seek(tp, messages[0].offset)
+        if self.metrics is not None:  # a rebalance during an outage moves partitions too
+            self.metrics.consumer_lag(self.lag())
 
     def seek(self, partition: Partition, offset: int) -> None:
         from kafka import TopicPartition

@@ -2,8 +2,9 @@
 
 One :class:`ServiceMetrics` per process is built at the edge and passed down (never the global
 default registry). Both transports report into it: the HTTP server as it answers, the Kafka
-delivery loop through the :class:`LoopMetrics` hook after each scored batch and each flush, and
-the Kafka source with its consumer lag after each poll.
+delivery loop through the :class:`LoopMetrics` hook after each scored batch, each flush, each
+retry and each outage's end, and the Kafka source with its consumer lag before each poll. Kafka
+workers in processes of their own report through :mod:`lakeserve.pipelines.metrics_relay`.
 
 A request is attributed to each distinct served entity among its answered records (``none``
 when it failed before routing); latency is split into model time (the ``predict`` call of its
@@ -12,8 +13,10 @@ batch) and overhead (everything else: parsing, batching wait, feature lookup, an
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -80,10 +83,15 @@ class ServiceMetrics:
         self.model_latency = _seconds(registry, "lakeserve_model_latency_seconds", "Model time", entity)
         self.overhead = _seconds(registry, "lakeserve_overhead_latency_seconds", "Latency minus model time", entity)
         self.batch_size = Histogram(
-            "lakeserve_batch_size", "Requests per micro-batch", per_batch, buckets=BATCH_BUCKETS, registry=registry
-        )
-        self.lag = Gauge("lakeserve_kafka_consumer_lag", "Highwater minus position", ["topic", "partition"],
-                         registry=registry)  # fmt: skip
+            "lakeserve_batch_size_requests", "Requests per micro-batch", per_batch, buckets=BATCH_BUCKETS,
+            registry=registry,
+        )  # fmt: skip
+        self.lag = Gauge(
+            "lakeserve_kafka_consumer_lag_messages", "Highwater minus position, per assigned partition",
+            ["endpoint", "topic", "partition"], registry=registry,
+        )  # fmt: skip
+        self._lag_reported: dict[Hashable, set[Partition]] = {}  # reporter -> partitions it last reported
+        self._lag_lock = threading.Lock()
         self.flush_delay = _seconds(
             registry, "lakeserve_inference_table_flush_delay_seconds", "Duration of one table append", per_batch
         )
@@ -135,9 +143,28 @@ class ServiceMetrics:
         self.flush_delay.labels(self.endpoint, transport).observe(seconds)
         self.rows_logged.labels(self.endpoint, transport).inc(rows)
 
-    def consumer_lag(self, lags: Mapping[Partition, int]) -> None:
-        for (topic, partition), lag in lags.items():
-            self.lag.labels(topic, str(partition)).set(lag)
+    def consumer_lag(self, lags: Mapping[Partition, int], reporter: Hashable = None) -> None:
+        """The lag of every partition ``reporter`` (a worker) holds now. A partition it reported
+        before and holds no more loses its series, unless another reporter holds it: a partition
+        moved away is never left at a stale figure."""
+        with self._lag_lock:
+            before = self._lag_reported.get(reporter, set())
+            self._lag_reported[reporter] = set(lags)
+            for moved in before - set(lags):
+                self._forget_lag(moved)
+            for (topic, number), lag in lags.items():
+                self.lag.labels(self.endpoint, topic, str(number)).set(lag)
+
+    def reporter_gone(self, reporter: Hashable) -> None:
+        """A worker died or stopped: the partitions only it reported lose their series."""
+        with self._lag_lock:
+            for partition in self._lag_reported.pop(reporter, set()):
+                self._forget_lag(partition)
+
+    def _forget_lag(self, partition: Partition) -> None:
+        if not any(partition in held for held in self._lag_reported.values()):
+            with contextlib.suppress(KeyError):  # never set
+                self.lag.remove(self.endpoint, partition[0], str(partition[1]))
 
     def requests_dropped(self, transport: str, count: int) -> None:
         self.dropped.labels(self.endpoint, transport).inc(count)

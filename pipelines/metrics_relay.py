@@ -1,6 +1,7 @@
 """Worker metrics across processes: what a Kafka worker process reports reaches the one
 :class:`~lakeserve.pipelines.metrics.ServiceMetrics` of ``lakeserve serve``, so its ``/metrics``
-and dashboard show the workers' requests, consumer lag and table flushes.
+(the metrics endpoint's, :mod:`lakeserve.pipelines.metrics_server`, and the REST server's) and
+dashboard show the workers' requests, batch sizes, consumer lag, table flushes, retries and outages.
 
 A worker's :class:`MetricsRelay` implements the delivery loop's ``LoopMetrics`` hook: it turns each
 event into a small picklable tuple, queues it, and a sender thread writes it to the worker's
@@ -18,7 +19,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
 from lakeserve.pipelines.metrics import Outcome, Partition, ServiceMetrics
@@ -72,8 +73,8 @@ class MetricsRelay:
                 return
 
 
-def apply(metrics: ServiceMetrics, event: Event) -> None:
-    """Record a worker's event in the supervisor's metrics."""
+def apply(metrics: ServiceMetrics, event: Event, reporter: Hashable = None) -> None:
+    """Record a worker's event in the supervisor's metrics (``reporter``: the worker's slot)."""
     kind = event[0]
     if kind == SCORED:
         _, transport, size, outcomes = event
@@ -82,7 +83,7 @@ def apply(metrics: ServiceMetrics, event: Event) -> None:
         _, transport, rows, seconds = event
         metrics.table_flushed(transport, rows, seconds)
     elif kind == LAG:
-        metrics.consumer_lag(event[1])
+        metrics.consumer_lag(event[1], reporter)
     elif kind == RETRY:
         metrics.component_retry(event[1])
     elif kind == OUTAGE:

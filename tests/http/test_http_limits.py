@@ -72,7 +72,7 @@ def test_a_request_past_its_deadline_is_answered_504_and_never_scored(expiring: 
     assert [a.status_code for a in answers] == [504, 504, 504]
     assert all(a.json()["error_code"] == "TIMEOUT" for a in answers)
     wait_until(lambda: metric(expiring, "lakeserve_requests_dropped_total") == 3, 30, "the requests were not dropped")
-    assert metric(expiring, "lakeserve_batch_size_count") == 0  # no batch was scored
+    assert metric(expiring, "lakeserve_batch_size_requests_count") == 0  # no batch was scored
     assert metric(expiring, "lakeserve_inference_rows_logged_total") == 0  # and no row logged
 
 

@@ -24,14 +24,14 @@ def test_metrics_move_after_requests(rest: Server, demo_assets: Any) -> None:
     ep = rest.settings.endpoint.name
     before_ok = metric(rest, "lakeserve_requests_total", endpoint=ep, transport="http", status_code="200")
     before_bad = metric(rest, "lakeserve_errors_total", endpoint=ep, error_code="BAD_REQUEST")
-    before_batches = metric(rest, "lakeserve_batch_size_count", endpoint=ep, transport="http")
+    before_batches = metric(rest, "lakeserve_batch_size_requests_count", endpoint=ep, transport="http")
     for body in request_bodies(customers, 6, seed=31):
         assert post(rest, body).status_code == 200
     assert post(rest, b"{oops").status_code == 400
 
     assert metric(rest, "lakeserve_requests_total", endpoint=ep, transport="http", status_code="200") == before_ok + 6
     assert metric(rest, "lakeserve_errors_total", endpoint=ep, error_code="BAD_REQUEST") == before_bad + 1
-    assert metric(rest, "lakeserve_batch_size_count", endpoint=ep, transport="http") > before_batches
+    assert metric(rest, "lakeserve_batch_size_requests_count", endpoint=ep, transport="http") > before_batches
     for entity in ("champion", "challenger"):
         labels = {"endpoint": ep, "served_entity": entity, "transport": "http"}
         if metric(rest, "lakeserve_requests_total", **labels):
@@ -103,7 +103,7 @@ def produce_requests(settings: Settings, customers: pd.DataFrame, count: int) ->
 def assert_kafka_series(metrics: ServiceMetrics, settings: Settings, requests: int) -> None:
     registry = metrics.registry
     labels = {"endpoint": settings.endpoint.name, "transport": "kafka"}
-    assert (registry.get_sample_value("lakeserve_batch_size_sum", labels) or 0) == requests
+    assert (registry.get_sample_value("lakeserve_batch_size_requests_sum", labels) or 0) == requests
     assert (registry.get_sample_value("lakeserve_inference_rows_logged_total", labels) or 0) == requests
     assert (registry.get_sample_value("lakeserve_inference_table_flush_delay_seconds_count", labels) or 0) >= 1
     ok = sum(
@@ -113,7 +113,7 @@ def assert_kafka_series(metrics: ServiceMetrics, settings: Settings, requests: i
         for e in ("champion", "challenger")
     )  # fmt: skip
     assert ok == requests
-    assert _sample(metrics, "lakeserve_kafka_consumer_lag") == 0  # everything produced was consumed
+    assert _sample(metrics, "lakeserve_kafka_consumer_lag_messages") == 0  # everything produced was consumed
 
 
 def test_kafka_loop_reports_batches_flushes_and_lag(stack: Settings, demo_assets: Any) -> None:
@@ -128,7 +128,8 @@ def test_kafka_loop_reports_batches_flushes_and_lag(stack: Settings, demo_assets
     thread.start()
     try:
         wait_until(lambda: worker.loop.log.stats.rows_logged >= 20, 90, "the Kafka worker did not log 20 rows")
-        wait_until(lambda: _sample(metrics, "lakeserve_kafka_consumer_lag") is not None, 30, "no lag was reported")
+        lag = "lakeserve_kafka_consumer_lag_messages"
+        wait_until(lambda: _sample(metrics, lag) is not None, 30, "no lag was reported")
     finally:
         stop.set()
         thread.join(timeout=60)
@@ -152,7 +153,7 @@ def test_worker_processes_report_into_the_servers_metrics(stack: Settings, demo_
         rows = "lakeserve_inference_rows_logged_total"
         labels = {"endpoint": settings.endpoint.name, "transport": "kafka"}
         wait_until(lambda: (metrics.registry.get_sample_value(rows, labels) or 0) >= 20, 90, "20 rows not reported")
-        wait_until(lambda: _sample(metrics, "lakeserve_kafka_consumer_lag") == 0, 30, "no lag of 0 reported")
+        wait_until(lambda: _sample(metrics, "lakeserve_kafka_consumer_lag_messages") == 0, 30, "no lag of 0 reported")
     finally:
         stopped.set()
         runner.join(timeout=90)
