@@ -223,27 +223,37 @@ def _demo(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    from lakeserve.pipelines.http import new_metrics
+    from lakeserve.pipelines.metrics_server import MetricsServer
     from lakeserve.pipelines.supervisor import Supervisor
 
     if args.workers < (0 if args.http else 1):
         raise ConfigError(f"--workers must be at least {0 if args.http else 1}, got {args.workers}")
     stopped = _stop_on_signals()
-    metrics = None
-    if args.http:  # one registry: the REST server's, fed by the Kafka workers too
-        from lakeserve.pipelines.http import new_metrics
-
-        metrics = new_metrics(settings)
-    rest = _start_http(settings, args, stopped, metrics) if metrics is not None else None
+    exporting = settings.metrics.enabled and args.workers > 0
+    # one registry: the workers report into it; the metrics endpoint and the REST server both read it
+    metrics = new_metrics(settings) if args.http or exporting else None
+    supervisor = Supervisor(settings, args.workers, metrics=metrics) if args.workers else None
+    exporter = None
+    if supervisor is not None and metrics is not None and exporting:
+        exporter = MetricsServer(settings.metrics, metrics, supervisor.readiness)
+        exporter.start()  # before the workers: /ready answers 503 while they start
+        print(f"lakeserve: worker metrics on http://{settings.metrics.host}:{settings.metrics.port}/metrics")
+    rest = _start_http(settings, args, stopped, metrics) if args.http else None
     print(
         f"lakeserve: serving endpoint {settings.endpoint.name} with {args.workers} worker(s) on "
         f"{settings.kafka.requests_topic}{' and REST' if rest else ''}; Ctrl-C stops",
         flush=True,
     )
-    if args.workers:
-        Supervisor(settings, args.workers, metrics=metrics).run(stopped)
-    else:
-        while not stopped.wait(0.5):
-            pass
+    try:
+        if supervisor is not None:
+            supervisor.run(stopped)
+        else:
+            while not stopped.wait(0.5):
+                pass
+    finally:
+        if exporter is not None:
+            exporter.stop()
     if rest is not None:
         rest.join()
     print("lakeserve: service stopped", flush=True)

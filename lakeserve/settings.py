@@ -32,7 +32,7 @@ DEFAULT_CONFIG_FILE = Path("lakeserve.yaml")
 
 class Settings(BaseSettings, JobSettings):
     """The whole tree: ``stack``, ``kafka``, ``mlflow``, ``feast``, ``tables``, ``endpoint``, ``http``,
-    and the jobs' ``spark``, ``monitor``, ``ab`` and ``schedule``."""
+    ``metrics``, and the jobs' ``spark``, ``monitor``, ``ab`` and ``schedule``."""
 
     model_config = SettingsConfigDict(
         env_prefix="LAKESERVE_", env_nested_delimiter="__", extra="forbid", nested_model_default_partial_update=True

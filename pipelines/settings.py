@@ -1,5 +1,5 @@
 """The tree the service reads: ``stack``, ``kafka``, ``mlflow``, ``feast``, ``tables``, ``endpoint``,
-``http``, composed from the sections each package owns.
+``http``, ``metrics``, composed from the sections each package owns.
 
 The pipelines take a :class:`ServiceSettings` (the jobs extend it, and the edge loads the whole
 tree: :mod:`lakeserve.settings`). Unset locations are resolved here, once: every path absolute,
@@ -19,13 +19,14 @@ from lakeserve.monitoring.settings import TablesSettings
 from lakeserve.pipelines.embedded.settings import StackSettings
 from lakeserve.pipelines.http_settings import HttpSettings
 from lakeserve.pipelines.kafka_settings import KafkaSettings
+from lakeserve.pipelines.metrics_settings import MetricsSettings
 from lakeserve.scoring.settings import EndpointSettings, MlflowSettings
 
 MESSAGE_OVERHEAD_BYTES = 64 * 1024  # a message's key, headers (error text up to 4 kB) and batch framing
 
 
 class ServiceSettings(BaseModel):
-    """``stack``, ``kafka``, ``mlflow``, ``feast``, ``tables``, ``endpoint`` and ``http``."""
+    """``stack``, ``kafka``, ``mlflow``, ``feast``, ``tables``, ``endpoint``, ``http`` and ``metrics``."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -36,6 +37,7 @@ class ServiceSettings(BaseModel):
     tables: TablesSettings = Field(default_factory=TablesSettings)
     endpoint: EndpointSettings = Field(default_factory=EndpointSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
 
     @model_validator(mode="after")
     def _resolve_defaults(self) -> Self:
@@ -68,6 +70,18 @@ class ServiceSettings(BaseModel):
                 f"kafka.max_message_bytes ({self.kafka.max_message_bytes}) must be at least the larger of "
                 f"endpoint.limits.max_request_bytes and max_response_bytes ({largest}) plus "
                 f"{MESSAGE_OVERHEAD_BYTES} bytes for the key, headers and batch framing"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _ports_apart(self) -> Self:
+        """The metrics endpoint and the REST server can both run (``serve --http``): not on one port."""
+        wildcard = {"0.0.0.0", "::", ""}
+        same_host = self.metrics.host == self.http.host or {self.metrics.host, self.http.host} & wildcard
+        if self.metrics.enabled and self.metrics.port == self.http.port and same_host:
+            raise ValueError(
+                f"metrics.port ({self.metrics.port}) is also http.port on {self.metrics.host}: "
+                "give the metrics endpoint a port of its own, or 0 to turn it off"
             )
         return self
 

@@ -7,7 +7,8 @@ replays the rest. SIGTERM or Ctrl-C stops every worker after its current micro-b
 
 Each worker talks to the supervisor through two one-way pipes (:class:`WorkerLink`): stop orders
 in; reports out ("assigned partitions", and the worker's metrics events when the supervisor
-keeps metrics, see :mod:`lakeserve.pipelines.metrics_relay`). One reader thread in the
+keeps metrics, see :mod:`lakeserve.pipelines.metrics_relay`); :meth:`Supervisor.readiness` is what
+the metrics endpoint's ``/ready`` answers (:mod:`lakeserve.pipelines.metrics_server`). One reader thread in the
 supervisor reads every report pipe. Not a ``multiprocessing.Event`` for stopping: its condition
 variable counts sleepers, and once a worker waiting on it is SIGKILLed, ``set()`` blocks forever
 waiting for that sleeper to wake, so a supervisor that had lost one worker could never stop the
@@ -35,6 +36,7 @@ from lakeserve.pipelines.crash_guard import DONE, IN_FLIGHT, CrashGuard, CrashLe
 from lakeserve.pipelines.delivery_loop import WorkerStalled
 from lakeserve.pipelines.metrics import ServiceMetrics
 from lakeserve.pipelines.metrics_relay import MetricsRelay, apply
+from lakeserve.pipelines.metrics_server import READY
 from lakeserve.pipelines.settings import ServiceSettings
 from lakeserve.pipelines.worker import run_worker
 
@@ -81,7 +83,8 @@ class WorkerLink:
             self.report(ASSIGNED)
 
     def metrics(self) -> MetricsRelay | None:
-        """The loop's metrics hook, when the supervisor keeps metrics (``lakeserve serve --http``)."""
+        """The loop's metrics hook, when the supervisor keeps metrics (``lakeserve serve``, unless
+        both ``metrics.port`` and ``--http`` are off)."""
         return MetricsRelay(self.report) if self.relay_metrics else None
 
     def report(self, message: Any) -> None:
@@ -137,6 +140,7 @@ def _exit(code: int) -> None:
 
 @dataclass
 class _Slot:
+    number: int
     process: BaseProcess
     orders: Connection  # supervisor -> worker
     reports: Connection  # worker -> supervisor; read (and closed) by the reader thread only
@@ -166,6 +170,7 @@ class Supervisor:
         self.restarts = 0
         self.ledger = CrashLedger(settings.kafka.quarantine_after_deaths)
         self._stopped_reading = threading.Event()
+        self._stopping = threading.Event()
         self._reader = threading.Thread(target=self._read_reports, name="worker-reports", daemon=True)
 
     def start(self) -> None:
@@ -190,6 +195,8 @@ class Supervisor:
             p = self.slots[n].process
             log.warning("worker %d (pid %s) exited with %s; restarting", n, p.pid, p.exitcode)
             self._count_death(self.slots[n])
+            if self.metrics is not None:  # its partitions move; no lag left at its last figure
+                self.metrics.reporter_gone(n)
             self.slots[n].orders.close()
             time.sleep(self.restart_backoff_s)  # back-off so a crash loop does not spin
             self._spawn(n)
@@ -202,6 +209,7 @@ class Supervisor:
         which a worker exits by itself); the workers' last reports are read before returning."""
         if timeout_s is None:
             timeout_s = self.settings.kafka.stop_timeout_ms / 1000 + 1.0
+        self._stopping.set()
         for s in self.slots.values():
             with contextlib.suppress(OSError):  # already dead
                 s.orders.send(STOP)
@@ -228,6 +236,23 @@ class Supervisor:
                     "workers", f"worker(s) {pending} held no partitions after {timeout_s:.0f} s; see their log"
                 )
             self.slots[pending[0]].ready.wait(min(left, 0.5))
+
+    def readiness(self) -> dict[int, str]:
+        """Each worker's state, for ``/ready``: ``ready`` (alive, and assigned partitions since it
+        started), ``starting``, ``restarting`` (it exited; a new one replaces it) or ``stopping``."""
+        slots = dict(self.slots)
+        states = {}
+        for n in range(self.count):
+            slot = slots.get(n)
+            if self._stopping.is_set():
+                states[n] = "stopping"
+            elif slot is None or (slot.process.is_alive() and not slot.ready.is_set()):
+                states[n] = "starting"
+            elif not slot.process.is_alive():
+                states[n] = "restarting"
+            else:
+                states[n] = READY
+        return states
 
     def pids(self) -> list[int]:
         return [s.process.pid for s in self.slots.values() if s.process.pid is not None and s.process.is_alive()]
@@ -269,7 +294,7 @@ class Supervisor:
                 elif message[0] == DONE:
                     slot.in_flight = []
                 elif self.metrics is not None:
-                    apply(self.metrics, message)
+                    apply(self.metrics, message, reporter=slot.number)
         except (EOFError, OSError):  # the worker is gone; reap restarts it with fresh pipes
             slot.reports.close()
             slot.gone.set()
@@ -285,6 +310,6 @@ class Supervisor:
         p.start()
         orders_r.close()  # the child holds its own copies; ours would hide its end of file
         reports_w.close()
-        self.slots[n] = _Slot(p, orders_w, reports_r)
+        self.slots[n] = _Slot(n, p, orders_w, reports_r)
         for order in self.ledger.standing_orders():
             orders_w.send(order)

@@ -40,6 +40,8 @@ TEST_OVERRIDES = {
         "conf": {"spark.databricks.delta.snapshotPartitions": "2"},
     },
     "mlflow": {"ui_port": None},
+    # off: `lakeserve serve` in a test would bind the default port; tests of it pick a free one
+    "metrics": {"port": None},
 }
 SCRAM_USER, SCRAM_PASSWORD = "scorer", "s3cret-for-tests"
 

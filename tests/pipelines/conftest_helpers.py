@@ -7,6 +7,7 @@ tests share the one broker of the session without seeing each other's records.
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 import time
 import uuid
@@ -255,3 +256,16 @@ def broker_hung(settings: Settings) -> Iterator[None]:
         deadline = time.monotonic() + 120
         while list_topics(settings.kafka) is None:
             assert time.monotonic() < deadline, "the broker did not come back after SIGCONT"
+
+
+@contextmanager
+def feast_locked(settings: Settings) -> Iterator[None]:
+    """The SQLite online store held under an exclusive lock: readers fail "database is locked"."""
+    assert settings.feast.repo_path is not None
+    conn = sqlite3.connect(settings.feast.repo_path / "online_store.db", timeout=30, isolation_level=None)
+    try:
+        conn.execute("BEGIN EXCLUSIVE")
+        yield
+    finally:
+        conn.execute("COMMIT")
+        conn.close()

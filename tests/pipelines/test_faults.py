@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ from conftest_helpers import (
     answers_for,
     body,
     broker_hung,
+    feast_locked,
     produce,
     read_topic,
     register_model,
@@ -94,19 +94,6 @@ def assert_logged_once(settings: Settings, answers: dict[str, Answer]) -> pd.Dat
     logged = rows.set_index("request_id")["status_code"]
     assert (logged.sort_index() == statuses(answers).sort_index()).all()  # as it was answered
     return rows
-
-
-@contextlib.contextmanager
-def feast_locked(settings: Settings) -> Iterator[None]:
-    """The SQLite online store held under an exclusive lock: readers fail "database is locked"."""
-    assert settings.feast.repo_path is not None
-    conn = sqlite3.connect(settings.feast.repo_path / "online_store.db", timeout=30, isolation_level=None)
-    try:
-        conn.execute("BEGIN EXCLUSIVE")
-        yield
-    finally:
-        conn.execute("COMMIT")
-        conn.close()
 
 
 def customer_bodies(n: int, prefix: str = "r") -> list[bytes]:
