@@ -4,7 +4,7 @@ Per entity: requests, records, error rate, latency mean and p50/p95/p99, predict
 with labels, accuracy and ROC-AUC. Between the control and each treatment the tests of
 :mod:`lakeserve.monitoring.ab`, the sample size the observed effect would need, and a plain
 verdict. Rows are upserted (Delta MERGE) into ``<table>_ab_results``; a Markdown summary is
-written beside it. Entry point: ``python -m lakeserve.jobs.ab_analysis --config FILE [--end ISO]``.
+written beside it. Entry point: ``python -m lakeserve --config FILE jobs run ab [--end ISO] [--fail-on-worse]``.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lakeserve.errors import ConfigError
+from lakeserve.jobs.outcome import JobOutcome
 from lakeserve.jobs.settings import JobSettings
 from lakeserve.jobs.spark import spark_session
 from lakeserve.monitoring import ab
@@ -408,13 +409,35 @@ def _pct(v: Any) -> str:
     return "" if v is None else f"{100 * float(v):.2f}%"
 
 
-def run_from_settings(settings: JobSettings, *, end: datetime | None = None) -> str:
-    """One A/B analysis of the endpoint's inference table; returns the Markdown summary."""
+def run_from_settings(settings: JobSettings, *, end: datetime | None = None) -> JobOutcome:
+    """One A/B analysis of the endpoint's inference table; the summary is the Markdown readout,
+    ``found``: a treatment is significantly worse than the control on some metric."""
 
     output, markdown = output_locations(settings)
     spark = spark_session(settings.spark, ivy_dir=settings.stack.cache_dir / "ivy")
     report = run_ab(spark, settings.ab, settings.inference_table_uri, output, markdown, end=end)
-    return render_markdown(report)
+    worse = _worse(report.rows)
+    facts = {
+        "control": report.control,
+        "period_start": report.period_start.isoformat(),
+        "period_end": report.period_end.isoformat(),
+        "worse": worse,
+        "significant": sorted({r["treatment"] for r in report.rows if r.get("significant")}),
+        "verdicts": report.verdicts,
+    }
+    return JobOutcome("ab", bool(worse), render_markdown(report), facts)
+
+
+def _worse(rows: Sequence[dict[str, Any]]) -> dict[str, list[str]]:
+    """Treatment -> the metrics it is significantly worse on (as the verdict counts them)."""
+    worse: dict[str, set[str]] = {}
+    for r in rows:
+        if not r.get("significant"):
+            continue
+        up = r["difference"] > 0
+        if (r["metric"] in LOWER_IS_BETTER and up) or (r["metric"] in HIGHER_IS_BETTER and not up):
+            worse.setdefault(r["treatment"], set()).add(r["metric"])
+    return {t: sorted(m) for t, m in sorted(worse.items())}
 
 
 def output_locations(settings: JobSettings) -> tuple[str, Path]:

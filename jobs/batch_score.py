@@ -14,7 +14,8 @@
 
 Rows that cannot be scored are output rows with a status and message; they never fail the
 job unless ``fail_on_error`` is set. ``python -m lakeserve jobs run batch-score --help`` runs it
-from spark-submit or cron; the cluster is whatever ``spark.master`` names.
+from spark-submit, cron or Airflow (exit codes: docs/airflow.md); the cluster is whatever
+``spark.master`` names.
 """
 
 from __future__ import annotations
@@ -44,7 +45,9 @@ from lakeserve.jobs.batch_plan import (
     batch_endpoint,
     load_models,
 )
+from lakeserve.jobs.outcome import JobOutcome
 from lakeserve.jobs.settings import JobSettings
+from lakeserve.jobs.spark import spark_session
 from lakeserve.redact import redact_uri
 
 if TYPE_CHECKING:
@@ -221,6 +224,25 @@ def _report(
     )  # fmt: skip
     log.info("batch-score: committed %s v%d: %s", redact_uri(target), version, format_report(report))
     return report
+
+
+def run_from_settings(
+    settings: JobSettings, input: str, output: str, options: BatchOptions | None = None
+) -> JobOutcome:
+    """One batch run on the session of ``settings.spark``; ``found``: rows that could not be scored
+    (they are output rows with a status; ``fail_on_error`` fails the run instead)."""
+    spark = spark_session(settings.spark, ivy_dir=settings.stack.cache_dir / "ivy")
+    report = run_batch_score(spark, settings, input, output, options)
+    facts = {
+        "output": redact_uri(report.output),
+        "output_version": report.output_version,
+        "input_version": report.input_version,
+        "rows": report.rows,
+        "not_scored": report.failed,
+        "by_entity": report.by_entity,
+        "models": report.models,
+    }
+    return JobOutcome("batch-score", report.failed > 0, format_report(report), facts)
 
 
 def format_report(report: BatchReport) -> str:

@@ -12,7 +12,8 @@ Steps of one run (each logged):
 5. an Evidently report for each model's latest window (first granularity), when that window
    was recomputed, referenced from its drift rows; disagreements are logged and returned.
 
-Entry point: ``python -m lakeserve.jobs.monitor --config lakeserve.yaml [--full-refresh]``.
+Entry point: ``python -m lakeserve --config lakeserve.yaml jobs run monitor [--full-refresh] [--fail-on-drift]``
+(exit codes and the result line: docs/airflow.md).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from lakeserve.jobs.monitor_steps import (
     write_drift,
     write_profile,
 )
+from lakeserve.jobs.outcome import JobOutcome
 from lakeserve.jobs.settings import JobSettings
 from lakeserve.jobs.spark import spark_session
 from lakeserve.monitoring.drift_pairs import WS, WindowPlan, keys_frame, plan_windows
@@ -246,12 +248,20 @@ def _flag(row: dict[str, Any]) -> DriftFlag:
     )
 
 
-def run_from_settings(settings: JobSettings, *, full_refresh: bool = False) -> str:
-    """One monitor run over the endpoint's inference table; returns the printed summary."""
+def run_from_settings(settings: JobSettings, *, full_refresh: bool = False) -> JobOutcome:
+    """One monitor run over the endpoint's inference table; ``found``: a pair drifted in a window
+    this run (re)computed, so a drifted window is reported by the run that first sees it."""
 
     tables = MonitorTables.beside(settings.inference_table_uri, settings.monitor)
     spark = spark_session(settings.spark, ivy_dir=settings.stack.cache_dir / "ivy")
-    return format_summary(run_monitor(spark, settings.monitor, tables, full_refresh=full_refresh))
+    summary = run_monitor(spark, settings.monitor, tables, full_refresh=full_refresh)
+    facts = {
+        "drifted_pairs": len(summary.flags),
+        "drifted_columns": sorted({f.column_name for f in summary.flags}),
+        "windows_processed": summary.windows_processed,
+        "windows_total": summary.windows_total,
+    }
+    return JobOutcome("monitor", bool(summary.flags), format_summary(summary), facts)
 
 
 def format_summary(s: MonitorSummary) -> str:

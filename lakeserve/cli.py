@@ -1,7 +1,9 @@
 """The ``lakeserve`` command line: loads the settings once and hands them to the commands.
 
-Every command has ``--help``. Errors of lakeserve (bad config, a component that will not start)
-print one clear message and exit 2; anything else is a bug and keeps its traceback.
+Every command has ``--help``. Errors of lakeserve print one clear message and exit 2 for a bad
+config or command line (``ConfigError``), 1 for anything else (a component that will not start or
+answer); anything else is a bug, keeps its traceback and exits 1. ``jobs run`` and ``jobs schedule``
+end each run with a result line and exit 3 when asked to fail on a finding (docs/airflow.md).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 
 from lakeserve.errors import ConfigError, LakeserveError
 from lakeserve.jobs.batch_args import add_batch_arguments
+from lakeserve.jobs.outcome import JobOutcome, failure_code, failure_line, outcome_line
 from lakeserve.redact import RedactingFilter, redact, redact_text
 from lakeserve.settings import Settings, load_settings
 
@@ -43,8 +46,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.handler(settings, args)
         return code
     except LakeserveError as exc:
+        _job_failed(args, exc)
         print(f"lakeserve: {redact_text(str(exc))}", file=sys.stderr)
-        return 2
+        return failure_code(exc)
+    except Exception as exc:  # a bug or an unwrapped third-party failure: its traceback follows
+        _job_failed(args, exc)
+        raise
+
+
+def _job_failed(args: argparse.Namespace, exc: Exception) -> None:
+    """A job's failure as its result line (the commands that are no job print none)."""
+    if getattr(args, "job", None):
+        print(failure_line(args.job, exc, exit_code=failure_code(exc)), flush=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -120,23 +133,35 @@ def build_parser() -> argparse.ArgumentParser:
         "monitor",
         _job_monitor,
         "profile and drift metrics of the inference table (InferenceLog profile)",
-        [(["--full-refresh"], {"action": "store_true", "help": "recompute every window, not only new ones"})],
-    )
+        [
+            (["--full-refresh"], {"action": "store_true", "help": "recompute every window, not only new ones"}),
+            (["--fail-on-drift"], {"action": "store_true", "help": "exit 3 when this run finds drift (else 0)"}),
+        ],
+    ).set_defaults(job="monitor")
     _add(
         run,
         "ab",
         _job_ab,
         "A/B analysis between the served entities, with significance tests",
-        [(["--end"], {"type": _aware_datetime, "default": None, "help": "period end, ISO 8601 with zone"})],
-    )
+        [
+            (["--end"], {"type": _aware_datetime, "default": None, "help": "period end, ISO 8601 with zone"}),
+            (["--fail-on-worse"], {"action": "store_true", "help": "exit 3 when a treatment is significantly worse"}),
+        ],
+    ).set_defaults(job="ab")
     batch = _add(
         run,
         "batch-score",
         _job_batch_score,
         "score every row of a table with the endpoint's served entities, in one Delta commit",
     )
-    add_batch_arguments(batch)
-    _add(jobs, "schedule", _job_schedule, "run the configured jobs on their cron expressions until Ctrl-C")
+    add_batch_arguments(batch).set_defaults(job="batch-score")
+    _add(
+        jobs,
+        "schedule",
+        _job_schedule,
+        "run the configured jobs on their cron expressions until Ctrl-C (or SIGTERM)",
+        [(["--run-now"], {"action": "store_true", "help": "also run every configured job once at start"})],
+    ).set_defaults(job="schedule")
     config = sub.add_parser("config", help="inspect settings").add_subparsers(
         title="config commands", metavar="COMMAND"
     )
@@ -315,31 +340,35 @@ def _aware_datetime(text: str) -> datetime:
 def _job_monitor(settings: Settings, args: argparse.Namespace) -> int:
     from lakeserve.jobs.monitor import run_from_settings
 
-    print(run_from_settings(settings, full_refresh=args.full_refresh))
-    return 0
+    return _job_done(run_from_settings(settings, full_refresh=args.full_refresh), args.fail_on_drift)
 
 
 def _job_ab(settings: Settings, args: argparse.Namespace) -> int:
     from lakeserve.jobs.ab_analysis import run_from_settings
 
-    print(run_from_settings(settings, end=args.end))
-    return 0
+    return _job_done(run_from_settings(settings, end=args.end), args.fail_on_worse)
 
 
 def _job_batch_score(settings: Settings, args: argparse.Namespace) -> int:
     from lakeserve.jobs.batch_args import options_from_args
-    from lakeserve.jobs.batch_score import format_report, run_batch_score
-    from lakeserve.jobs.spark import spark_session
+    from lakeserve.jobs.batch_score import run_from_settings
 
-    spark = spark_session(settings.spark, ivy_dir=settings.stack.cache_dir / "ivy")
-    print(format_report(run_batch_score(spark, settings, args.input, args.output, options_from_args(args))))
-    return 0
+    outcome = run_from_settings(settings, args.input, args.output, options_from_args(args))
+    return _job_done(outcome, fail_on_found=False)  # rows not scored: --fail-on-error fails the run
+
+
+def _job_done(outcome: JobOutcome, fail_on_found: bool) -> int:
+    """The summary, then the result line last (Airflow's BashOperator pushes the last line to XCom)."""
+    code = outcome.exit_code(fail_on_found)
+    print(outcome.summary)
+    print(outcome_line(outcome, exit_code=code), flush=True)
+    return code
 
 
 def _job_schedule(settings: Settings, args: argparse.Namespace) -> int:
     from lakeserve.jobs.schedule import run_schedule
 
-    run_schedule(settings)
+    run_schedule(settings, _stop_on_signals(), lambda line: print(line, flush=True), run_now=args.run_now)
     return 0
 
 

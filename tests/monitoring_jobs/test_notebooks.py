@@ -73,7 +73,7 @@ def served(
     settings = load_settings(config)
     assert settings.inference_table_uri == base.inference_table_uri
     monitor.run_from_settings(settings)
-    markdown = ab_analysis.run_from_settings(settings)
+    markdown = ab_analysis.run_from_settings(settings).summary
     return Served(config, settings, DeltaTable(settings.inference_table_uri).to_pandas(), markdown)
 
 
