@@ -251,10 +251,12 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     from lakeserve.pipelines.http import new_metrics
     from lakeserve.pipelines.metrics_server import MetricsServer
     from lakeserve.pipelines.supervisor import Supervisor
+    from lakeserve.scoring.devices import hide_gpus_unless_needed
 
     if args.workers < (0 if args.http else 1):
         raise ConfigError(f"--workers must be at least {0 if args.http else 1}, got {args.workers}")
     stopped = _stop_on_signals()
+    hide_gpus_unless_needed(settings.endpoint.served_entities)  # CPU entities only: no GPU for anything here
     exporting = settings.metrics.enabled and args.workers > 0
     # one registry: the workers report into it; the metrics endpoint and the REST server both read it
     metrics = new_metrics(settings) if args.http or exporting else None

@@ -39,6 +39,7 @@ from lakeserve.pipelines.metrics_relay import MetricsRelay, apply
 from lakeserve.pipelines.metrics_server import READY
 from lakeserve.pipelines.settings import ServiceSettings
 from lakeserve.pipelines.worker import run_worker
+from lakeserve.scoring.devices import hide_gpus_unless_needed
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,7 @@ def worker_main(settings: ServiceSettings, link: WorkerLink) -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s [%(processName)s] %(name)s: %(message)s")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the supervisor decides
+    hide_gpus_unless_needed(settings.endpoint.served_entities)  # before any model loads
     stop = link.stop_event()
     threading.Thread(target=_exit_when_stop_hangs, args=(stop, settings.kafka.stop_timeout_ms / 1000),
                      name="stop-deadline", daemon=True).start()  # fmt: skip

@@ -64,6 +64,8 @@ class DeviceReportingModel(PythonModel):
     None}``): ``device`` is what it was told, ``cuda_visible`` its process's
     ``CUDA_VISIBLE_DEVICES`` ("unset" when not set), beside a ``prediction`` of 1 per row."""
 
+    device = "not loaded"
+
     def load_context(self, context: Any) -> None:
         self.device = str((context.model_config or {}).get("device"))
 

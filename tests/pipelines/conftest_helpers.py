@@ -193,10 +193,16 @@ def produce_tracked(settings: Settings, bodies: list[bytes]) -> list[tuple[int, 
 GOOD = {"customer_id": 7, "amount": 12.5, "merchant_category": "grocery", "hour_of_day": 10, "is_online": 0}
 
 
-def register_model(settings: Settings, python_model: Any, name: str, params: dict[str, Any] | None = None) -> str:
+def register_model(
+    settings: Settings,
+    python_model: Any,
+    name: str,
+    params: dict[str, Any] | None = None,
+    model_config: dict[str, Any] | None = None,
+) -> str:
     """Register ``python_model`` (a class of ``lakeserve.scoring.testing_models``) under ``name``,
-    reading the v1 feature service, with ``params`` (name: default) in its signature; returns its
-    version."""
+    reading the v1 feature service, with ``params`` (name: default) in its signature and
+    ``model_config`` as logged; returns its version."""
     import mlflow
     from mlflow.models import infer_signature
 
@@ -215,6 +221,7 @@ def register_model(settings: Settings, python_model: Any, name: str, params: dic
             python_model=python_model,
             signature=signature,
             registered_model_name=name,
+            model_config=model_config,
             metadata={"lakeserve": {"feature_service": demo_repo.SERVICE_V1, "entity_keys": ["customer_id"]}},
         )
     return str(info.registered_model_version)
