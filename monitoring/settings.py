@@ -92,10 +92,21 @@ class MonitorSettings(BaseModel):
 
 
 class AbSettings(BaseModel):
-    """The ``ab`` section: compare served entities over a period of the inference table."""
+    """The ``ab`` section: compare served entities over a period of the inference table.
+
+    The unit of analysis is the routing key (``cluster_key``): routing is sticky per key, so
+    the tests treat keys, not records, as independent; ``alpha`` and ``power`` set the minimum
+    detectable effect each comparison states."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    cluster_key: str | None = Field(
+        default=None,
+        min_length=1,
+        description="inference-table column holding the routing key (traffic_config.sticky_key or the "
+        "served models' entity key, e.g. customer_id); default: traffic_config.sticky_key, else request_id "
+        "(what the router falls back to for a record without a key)",
+    )
     control: str | None = Field(default=None, description="control entity; default: the most traffic")
     period_days: float = Field(default=7.0, gt=0, description="period ending now (or at --end)")
     prediction_col: str = "prediction"
@@ -107,6 +118,8 @@ class AbSettings(BaseModel):
     alpha: float = Field(default=0.05, gt=0, lt=1)
     power: float = Field(default=0.8, gt=0, lt=1)
     bootstrap_resamples: int = Field(default=1000, ge=100)
-    bootstrap_max_rows: int = Field(default=20_000, ge=100, description="rows sampled per arm")
+    bootstrap_max_rows: int = Field(
+        default=20_000, ge=100, description="rows per arm for the bootstrap, taken as whole keys"
+    )
     seed: int = 0
     output_table: str | None = Field(default=None, description="default: <table>_ab_results")

@@ -5,7 +5,10 @@ normal (``n_items`` is a Poisson count, with ties), categorical inputs uniform o
 values. Drift is planted on purpose: from window ``drift_from`` on, each column in
 ``drift_columns`` is shifted by ``drift_shift`` standard deviations (numeric) or skewed to
 55 % on its first category (categorical). Served entities differ by error rate, latency and
-how well the score separates the labels, so A/B effects can be planted too.
+how well the score separates the labels, so A/B effects can be planted too. With ``keys``, a
+``customer_id`` input holds one of that many keys per record, the served entity is drawn per
+key (sticky routing, as ``scoring/routing.py`` does) and each key's latency carries its own
+lognormal factor (sigma ``key_latency_sd``), so records of one key are correlated.
 """
 
 from __future__ import annotations
@@ -49,10 +52,13 @@ class SyntheticSpec:
     drift_from: int | None = None
     drift_shift: float = 1.0
     seed: int = 0
+    keys: int | None = None  # a customer_id column and sticky routing over this many keys
+    key_latency_sd: float = 0.3
 
 
 def input_types(spec: SyntheticSpec) -> dict[str, pa.DataType]:
-    cols: dict[str, pa.DataType] = {f"num_{i}": pa.float64() for i in range(spec.numeric)}
+    cols: dict[str, pa.DataType] = {"customer_id": pa.int64()} if spec.keys is not None else {}
+    cols.update({f"num_{i}": pa.float64() for i in range(spec.numeric)})
     cols["n_items"] = pa.int64()
     cols.update({f"cat_{i}": pa.string() for i in range(spec.categorical)})
     return cols
@@ -71,9 +77,17 @@ def synthetic_inference(spec: SyntheticSpec) -> tuple[pa.Table, pa.Table]:
     drifted = np.zeros(n, dtype=bool) if spec.drift_from is None else window_idx >= spec.drift_from
     inputs = _inputs(spec, rng, drifted)
     ent = _entities(spec, rng, n)
+    factor = np.ones(n)
+    if spec.keys is not None:  # from a stream of its own: the other columns stay as without keys
+        keyed = np.random.default_rng([spec.seed, 1])
+        key = keyed.integers(0, spec.keys, n)
+        ent = _entities(spec, keyed, spec.keys)[key]
+        sd = spec.key_latency_sd
+        factor = keyed.lognormal(-sd * sd / 2, sd, spec.keys)[key]
+        inputs["customer_id"] = key.astype(np.int64)
     proba, label = _scores(spec, rng, inputs["num_0"], ent)
     ok = rng.random(n) >= np.array([e.error_rate for e in spec.entities])[ent]
-    columns = _base_columns(spec, rng, ts_us.astype(np.int64), ent, ok)
+    columns = _base_columns(spec, rng, ts_us.astype(np.int64), ent, ok, factor)
     columns.update({k: pa.array(v) for k, v in inputs.items()})
     columns["prediction"] = pa.array(np.where(ok, (proba >= 0.5).astype(np.int64), 0), mask=~ok)
     columns["probability"] = pa.array(proba, mask=~ok)
@@ -122,12 +136,17 @@ def _scores(
 
 
 def _base_columns(
-    spec: SyntheticSpec, rng: np.random.Generator, ts_us: np.ndarray, ent: np.ndarray, ok: np.ndarray
+    spec: SyntheticSpec,
+    rng: np.random.Generator,
+    ts_us: np.ndarray,
+    ent: np.ndarray,
+    ok: np.ndarray,
+    latency_factor: np.ndarray,
 ) -> dict[str, pa.Array]:
     n = len(ts_us)
     names = np.array([e.name for e in spec.entities], dtype=object)[ent]
     lat_mean = np.array([e.latency_ms for e in spec.entities])[ent]
-    latency = lat_mean * rng.lognormal(mean=-0.045, sigma=0.3, size=n)
+    latency = lat_mean * latency_factor * rng.lognormal(mean=-0.045, sigma=0.3, size=n)
     ts = pa.array(ts_us, type=pa.timestamp("us", tz="UTC"))
     return {
         "request_id": pa.array([f"req-{spec.seed}-{i:09d}" for i in range(n)]),

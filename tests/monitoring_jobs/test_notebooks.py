@@ -98,7 +98,8 @@ def _config(settings: Settings, baseline: str, folder: Path) -> Path:
         "positive_label": "1",
         "min_rows": 50,
     }
-    data["ab"] = {"prediction_proba_col": "probability", "bootstrap_resamples": 200}
+    # the demo models route by their entity key, which the settings do not name: the A/B job is told
+    data["ab"] = {"prediction_proba_col": "probability", "bootstrap_resamples": 200, "cluster_key": "customer_id"}
     path = folder / "lakeserve.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
