@@ -38,6 +38,7 @@ from lakeserve.monitoring.ab_clusters import (
 )
 from lakeserve.monitoring.metrics_tables import ddl_schema, merge_rows
 from lakeserve.monitoring.settings import AbSettings
+from lakeserve.scoring.models import routing_key
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -521,15 +522,7 @@ def run_from_settings(settings: JobSettings, *, end: datetime | None = None) -> 
 
     output, markdown = output_locations(settings)
     spark = spark_session(settings.spark, ivy_dir=settings.stack.cache_dir / "ivy")
-    cfg = settings.ab
-    sticky = settings.endpoint.traffic_config.sticky_key
-    if cfg.cluster_key is None and sticky is not None:
-        cfg = cfg.model_copy(update={"cluster_key": sticky})
-    if cfg.cluster_key is None:
-        log.warning(
-            "A/B: no ab.cluster_key nor traffic_config.sticky_key; clustering by request_id, which "
-            "understates the variance if records were routed by an entity key"
-        )
+    cfg = by_routing_key(settings)
     report = run_ab(spark, cfg, settings.inference_table_uri, output, markdown, end=end)
     worse = _worse(report.rows)
     facts = {
@@ -553,6 +546,19 @@ def _worse(rows: Sequence[dict[str, Any]]) -> dict[str, list[str]]:
         if (r["metric"] in LOWER_IS_BETTER and up) or (r["metric"] in HIGHER_IS_BETTER and not up):
             worse.setdefault(r["treatment"], set()).add(r["metric"])
     return {t: sorted(m) for t, m in sorted(worse.items())}
+
+
+def by_routing_key(settings: JobSettings) -> AbSettings:
+    """``settings.ab`` with its ``cluster_key``: as set, else the key the endpoint routes by
+    (``traffic_config.sticky_key``, else the entity key its models record: read from the registry),
+    else none (records routed by request id are their own unit), said in a warning."""
+    if settings.ab.cluster_key is not None:
+        return settings.ab
+    key = routing_key(settings.endpoint, settings.mlflow)
+    if key is None:
+        log.warning("A/B: the endpoint routes by request id (no sticky key, no entity key): each request is a unit")
+        return settings.ab
+    return settings.ab.model_copy(update={"cluster_key": key})
 
 
 def output_locations(settings: JobSettings) -> tuple[str, Path]:

@@ -104,8 +104,8 @@ class AbSettings(BaseModel):
         default=None,
         min_length=1,
         description="inference-table column holding the routing key (traffic_config.sticky_key or the "
-        "served models' entity key, e.g. customer_id); default: traffic_config.sticky_key, else request_id "
-        "(what the router falls back to for a record without a key)",
+        "served models' entity key, e.g. customer_id); default: the key the endpoint routes by "
+        "(traffic_config.sticky_key, else the entity key its models record), else request_id",
     )
     control: str | None = Field(default=None, description="control entity; default: the most traffic")
     period_days: float = Field(default=7.0, gt=0, description="period ending now (or at --end)")

@@ -32,7 +32,7 @@ import pyarrow as pa
 
 from lakeserve.errors import ComponentError, ConfigError, InvalidInput, ModelError
 from lakeserve.scoring.devices import Device, placed, placement, require_cuda
-from lakeserve.scoring.settings import MlflowSettings, ServedEntity
+from lakeserve.scoring.settings import EndpointSettings, MlflowSettings, ServedEntity
 
 if TYPE_CHECKING:
     from mlflow.pyfunc import PyFuncModel
@@ -416,6 +416,42 @@ def resolve_version(entity: ServedEntity, mlflow: MlflowSettings) -> str:
             f"served entity {entity.name!r}: alias {entity.alias!r} of model {entity.entity_name!r} "
             f"cannot be resolved: {exc.message}"
         ) from exc
+
+
+def recorded_entity_keys(entity: ServedEntity, mlflow: MlflowSettings) -> list[str]:
+    """The entity keys the entity's registered version records (``metadata={"lakeserve":
+    {"entity_keys": [...]}}``), read from its MLmodel file alone: the model is not loaded."""
+    from mlflow.artifacts import download_artifacts
+    from mlflow.exceptions import MlflowException
+    from mlflow.models import Model
+    from mlflow.tracking import MlflowClient
+
+    version = resolve_version(entity, mlflow)
+    client = MlflowClient(tracking_uri=mlflow.tracking_uri, registry_uri=mlflow.registry_uri)
+    try:
+        source = client.get_model_version_download_uri(entity.entity_name, version)
+        with tempfile.TemporaryDirectory(prefix="lakeserve-mlmodel-") as tmp:
+            path = download_artifacts(
+                artifact_uri=f"{source.rstrip('/')}/MLmodel", dst_path=tmp, tracking_uri=mlflow.tracking_uri
+            )
+            meta = Model.load(path).metadata or {}
+    except (MlflowException, OSError) as exc:
+        raise ComponentError(
+            "mlflow", f"reading the metadata of {entity.entity_name}/{version} for served entity {entity.name!r}: {exc}"
+        ) from exc
+    return [str(k) for k in meta.get("lakeserve", {}).get("entity_keys", [])]
+
+
+def routing_key(endpoint: EndpointSettings, mlflow: MlflowSettings) -> str | None:
+    """The key the endpoint's traffic is sticky by, as the core picks it: ``traffic_config.sticky_key``,
+    else the first entity key a routed model records (None: routed by request id)."""
+    if endpoint.traffic_config.sticky_key is not None:
+        return endpoint.traffic_config.sticky_key
+    for route in endpoint.traffic_config.routes:
+        keys = recorded_entity_keys(endpoint.entity(route.served_model_name), mlflow)
+        if keys:
+            return keys[0]
+    return None
 
 
 def _load_pyfunc(

@@ -14,11 +14,12 @@ import pytest
 from scipy import stats
 
 from lakeserve.errors import ConfigError
-from lakeserve.jobs.ab_analysis import AbReport, run_ab
+from lakeserve.jobs.ab_analysis import AbReport, by_routing_key, run_ab
 from lakeserve.monitoring import ab
 from lakeserve.monitoring.ab_clusters import ClusterMoments, cluster_ttest
 from lakeserve.monitoring.settings import AbSettings
 from lakeserve.monitoring.synthetic import EntitySpec, SyntheticSpec, write_synthetic
+from lakeserve.settings import Settings
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -164,3 +165,14 @@ def test_rank_sums_in_spark_equal_scipy_without_a_single_partition_window(spark:
     ref = stats.mannwhitneyu(y, x)
     mw = ab.mann_whitney(u, n1, n2, ties)
     assert (mw.statistic, mw.p_value) == (pytest.approx(ref.statistic), pytest.approx(ref.pvalue, abs=1e-9))
+
+
+def test_the_unit_defaults_to_the_key_the_endpoint_routes_by(stack: Settings, demo_assets: object) -> None:
+    """The demo's models record ``customer_id`` as their entity key (read from the registry, as the
+    core routes by it); a sticky key, or an explicit cluster key, wins."""
+    assert by_routing_key(stack).cluster_key == "customer_id"
+    traffic = stack.endpoint.traffic_config.model_copy(update={"sticky_key": "merchant_category"})
+    sticky = stack.model_copy(update={"endpoint": stack.endpoint.model_copy(update={"traffic_config": traffic})})
+    assert by_routing_key(sticky).cluster_key == "merchant_category"
+    explicit = stack.model_copy(update={"ab": stack.ab.model_copy(update={"cluster_key": "account_id"})})
+    assert by_routing_key(explicit).cluster_key == "account_id"
