@@ -2,7 +2,9 @@
 
 Steps of one run (each logged):
 
-1. read the inference table (rows with status 200 unless ``include_errors``), join late labels;
+1. read the inference table (rows with status 200 unless ``include_errors``), name each row's
+   model (by default ``<served_entity>@<model_version>``), join late labels as ``labels_join``
+   says and count the labels that found no record;
 2. fingerprint every (granularity, window, model): row count and a hash sum of the monitored
    values and labels, plus a hash of the monitor settings and the baseline's Delta version;
 3. compare with the fingerprints stored in ``<prefix>_profile_metrics``; only new or changed
@@ -18,6 +20,7 @@ Entry point: ``python -m lakeserve --config lakeserve.yaml jobs run monitor [--f
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import time
@@ -25,13 +28,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from lakeserve.errors import ComponentError
+from lakeserve.errors import ComponentError, ConfigError
 from lakeserve.jobs.monitor_steps import (
+    ENTITY,
     MonitorTables,
     RunContext,
     attach_evidently,
     drift_rows,
+    entity_of,
     finish_rows,
+    model_id_of,
     write_drift,
     write_profile,
 )
@@ -51,6 +57,7 @@ from lakeserve.monitoring.profile import (
     with_slices,
     with_windows,
 )
+from lakeserve.monitoring.quality import RECORD, as_of_records, dedupe_labels, label_keys
 from lakeserve.monitoring.settings import MonitorSettings
 from lakeserve.monitoring.windows import parse_granularity
 
@@ -76,6 +83,8 @@ class DriftFlag:
 class MonitorSummary:
     windows_total: int = 0
     windows_processed: int = 0
+    labels_matched: int | None = None  # labels (one per key) that labelled a monitored record
+    labels_unmatched: int | None = None  # ...and those that found none: never counted as labelled
     profile_rows: int = 0
     drift_rows: int = 0
     flags: list[DriftFlag] = field(default_factory=list)
@@ -90,10 +99,14 @@ def run_monitor(
     """Run the monitor once; see the module docstring for the steps."""
     began = time.monotonic()
     summary = MonitorSummary()
-    base, columns = _load(spark, cfg, tables)
+    base, columns, matched = _load(spark, cfg, tables)
+    if matched is not None:
+        summary.labels_matched, summary.labels_unmatched = matched
+        log.info("monitor: %d labels matched a record, %d matched none", *matched)
     run = RunContext(spark, cfg, tables, {g: parse_granularity(g) for g in cfg.granularities}, columns)
     windowed = with_windows(base, list(run.grans.values())).withColumn(WS, _ws())
-    current = _fingerprints(windowed, _config_hash(run))
+    current, entities = _fingerprints(windowed, _config_hash(run))
+    run = dataclasses.replace(run, entities=entities)
     stored = {} if full_refresh else stored_fingerprints(spark, tables.profile)
     changed = [k for k, fp in current.items() if stored.get(k) != fp]
     summary.windows_total = len(current)
@@ -163,16 +176,21 @@ def _flag_order(f: DriftFlag) -> tuple[str, str, datetime, str, str, str]:
     return (f.drift_type, f.granularity, f.window_start, f.model_id, f.slice_key or "", f.column_name)
 
 
-def _load(spark: SparkSession, cfg: MonitorSettings, tables: MonitorTables) -> tuple[DataFrame, Columns]:
+def _load(
+    spark: SparkSession, cfg: MonitorSettings, tables: MonitorTables
+) -> tuple[DataFrame, Columns, tuple[int, int] | None]:
+    """The monitored rows with their model id and label; (matched, unmatched) labels when a
+    labels table is joined."""
     from pyspark.sql import functions as sf
 
     df = _read_delta(spark, tables.inference)
     columns = monitored_columns(df.schema, cfg)
+    model = model_id_of(df.columns, cfg.model_id_col)
+    entity = entity_of(df.columns, cfg.model_id_col)
     if not cfg.include_errors:
         df = df.where(sf.col("status_code") == 200)
-    df = _with_labels(spark, df, cfg, tables)
+    df, matched = _with_labels(spark, df, cfg, tables)
     proba = sf.col(f"`{cfg.prediction_proba_col}`") if cfg.prediction_proba_col else sf.lit(None)
-    model = sf.coalesce(sf.col(f"`{cfg.model_id_col}`").cast("string"), sf.lit(":unknown"))
     hashed = [
         sf.col("request_id"),
         sf.col("record_index"),
@@ -182,27 +200,50 @@ def _load(spark: SparkSession, cfg: MonitorSettings, tables: MonitorTables) -> t
     df = (
         df.withColumn(TS, sf.col(f"`{cfg.timestamp_col}`").cast("timestamp"))
         .withColumn(MODEL, model)
+        .withColumn(ENTITY, entity)
         .withColumn(PROBA, proba.cast("double"))
         .withColumn(ROW_HASH, sf.pmod(sf.xxhash64(*hashed), sf.lit(2_147_483_647)))
     )
-    return df.where(sf.col(TS).isNotNull()), columns
+    return df.where(sf.col(TS).isNotNull()), columns, matched
 
 
 def _with_labels(
     spark: SparkSession, df: DataFrame, cfg: MonitorSettings, tables: MonitorTables
-) -> DataFrame:
+) -> tuple[DataFrame, tuple[int, int] | None]:
+    """``df`` with ``LABEL``; with a labels table, also how many of its labels (one per key)
+    labelled a record of ``df`` and how many labelled none."""
     from pyspark.sql import functions as sf
 
     if cfg.label_col is None:
-        return df.withColumn(LABEL, sf.lit(None).cast("string"))
+        return df.withColumn(LABEL, sf.lit(None).cast("string")), None
     if tables.labels is None:
-        return df.withColumn(LABEL, sf.col(f"`{cfg.label_col}`"))
-    labels = (
-        _read_delta(spark, tables.labels)
-        .groupBy("request_id", "record_index")
-        .agg(sf.first(sf.col(f"`{cfg.label_col}`"), ignorenulls=True).alias(LABEL))
-    )
-    return df.join(labels, ["request_id", "record_index"], "left")
+        return df.withColumn(LABEL, sf.col(f"`{cfg.label_col}`")), None
+    raw = _read_delta(spark, tables.labels)
+    keys = label_keys(raw, cfg.labels_join, cfg.labels_key_cols)
+    key_setting = "labels_key_cols" if cfg.labels_join == "key_as_of" else "labels_join"
+    _require(raw.columns, [cfg.label_col], "the labels table", "label_col")
+    _require(raw.columns, keys, "the labels table", key_setting)
+    _require(df.columns, keys, "the inference table", key_setting)
+    if cfg.labels_join == "key_as_of":
+        _require(raw.columns, [cfg.labels_timestamp_col], "the labels table", "labels_timestamp_col")
+        scored = df.where(~sf.col("is_shadow")) if "is_shadow" in df.columns else df
+        total = dedupe_labels(raw, [*keys, cfg.labels_timestamp_col], cfg.label_col, LABEL)
+        records = as_of_records(
+            scored, raw, keys, cfg.timestamp_col, cfg.labels_timestamp_col, cfg.label_col, cfg.labels_tolerance_s
+        ).withColumnRenamed(cfg.label_col, LABEL)
+        matched = records.count()  # one record per label that found one
+        counts = (matched, total.count() - matched)
+        return df.join(records, RECORD, "left"), counts
+    keyed = dedupe_labels(raw, keys, cfg.label_col, LABEL)
+    matched = keyed.join(df.select(*keys).where(sf.col(keys[0]).isNotNull()), keys, "left_semi").count()
+    counts = (matched, keyed.count() - matched)
+    return df.join(keyed, keys, "left"), counts
+
+
+def _require(have: list[str], wanted: list[str], where: str, setting: str) -> None:
+    missing = [c for c in wanted if c not in have]
+    if missing:
+        raise ConfigError(f"monitor.{setting}: {missing} not in {where}")
 
 
 def _read_delta(spark: SparkSession, uri: str) -> DataFrame:
@@ -225,15 +266,17 @@ def _config_hash(run: RunContext) -> str:
     return hashlib.sha256(f"{cfg}|{run.tables.baseline}@{version}".encode()).hexdigest()[:12]
 
 
-def _fingerprints(windowed: DataFrame, config_hash: str) -> dict[WindowKey, str]:
+def _fingerprints(windowed: DataFrame, config_hash: str) -> tuple[dict[WindowKey, str], dict[str, str]]:
+    """The fingerprint of every window, and the served entity of every model id."""
     from pyspark.sql import functions as sf
 
     rows = (
         windowed.groupBy("granularity", WS, "model_id")
-        .agg(sf.count(sf.lit(1)).alias("n"), sf.sum(ROW_HASH).alias("h"))
+        .agg(sf.count(sf.lit(1)).alias("n"), sf.sum(ROW_HASH).alias("h"), sf.first(ENTITY).alias("e"))
         .collect()
     )
-    return {(r.granularity, int(r[WS]), r.model_id): f"{r.n}:{r.h}:{config_hash}" for r in rows}
+    fps = {(r.granularity, int(r[WS]), r.model_id): f"{r.n}:{r.h}:{config_hash}" for r in rows}
+    return fps, {r.model_id: r.e for r in rows if r.e is not None}
 
 
 def _flag(row: dict[str, Any]) -> DriftFlag:
@@ -274,6 +317,8 @@ def format_summary(s: MonitorSummary) -> str:
         f"{f.model_id} {f.column_name}" + (f" [{f.slice_key}={f.slice_value}]" if f.slice_key else "")
         for f in s.flags
     ]
+    if s.labels_matched is not None:
+        lines.append(f"labels: {s.labels_matched} matched a record, {s.labels_unmatched} matched none")
     lines += [f"report: {r}" for r in s.reports]
     lines += [f"DISAGREE {d}" for d in s.disagreements]
     return "\n".join(lines)

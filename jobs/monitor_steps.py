@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,11 +46,45 @@ from lakeserve.monitoring.settings import MonitorSettings
 from lakeserve.monitoring.windows import Granularity, shift_start
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql import Column, DataFrame, SparkSession
 
 
 log = logging.getLogger("lakeserve.jobs.monitor")
 KEYS = ["granularity", WS, "model_id", "slice_key", "slice_value"]
+ENTITY = "__ls_entity"
+UNKNOWN_MODEL = ":unknown"
+
+
+def model_id_of(columns: Sequence[str], model_id_col: str | None) -> Column:
+    """The model id of a row: ``model_id_col`` as a string, or (None) ``<served_entity>@<model_version>``
+    (the entity alone when the version is null); ``:unknown`` when null."""
+    from pyspark.sql import functions as sf
+
+    if model_id_col is not None:
+        _need(columns, [model_id_col])
+        return sf.coalesce(sf.col(f"`{model_id_col}`").cast("string"), sf.lit(UNKNOWN_MODEL))
+    _need(columns, ["served_entity", "model_version"])
+    entity, version = sf.col("served_entity").cast("string"), sf.col("model_version").cast("string")
+    return (
+        sf.when(entity.isNull(), sf.lit(UNKNOWN_MODEL))
+        .when(version.isNull(), entity)
+        .otherwise(sf.concat(entity, sf.lit("@"), version))
+    )
+
+
+def entity_of(columns: Sequence[str], model_id_col: str | None) -> Column:
+    """The served entity a derived model id belongs to (null when ``model_id_col`` names the id)."""
+    from pyspark.sql import functions as sf
+
+    if model_id_col is None and "served_entity" in columns:
+        return sf.col("served_entity").cast("string")
+    return sf.lit(None).cast("string")
+
+
+def _need(columns: Sequence[str], wanted: Sequence[str]) -> None:
+    missing = [c for c in wanted if c not in columns]
+    if missing:
+        raise ConfigError(f"monitor.model_id_col: {missing} not in the inference table; name the model column")
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +120,7 @@ class RunContext:
     tables: MonitorTables
     grans: dict[str, Granularity]
     columns: Columns
+    entities: Mapping[str, str] = field(default_factory=dict)  # derived model id -> served entity
 
 
 def write_profile(run: RunContext, changed: DataFrame, fps: Mapping[WindowKey, str]) -> int:
@@ -237,7 +272,12 @@ def _base_keys(baseline: DataFrame) -> list[str]:
 
 
 def _baseline(run: RunContext) -> DataFrame | None:
-    """The baseline table with slices (and ``model_id`` when it has the model column)."""
+    """The baseline table with slices (and ``model_id`` when it has the model column).
+
+    With derived model ids (``model_id_col`` None) a baseline that has ``served_entity`` is the
+    baseline of every version of each entity: its rows of ``champion`` (whatever their version)
+    are the reference of ``champion@1`` and of ``champion@2`` alike.
+    """
     from pyspark.sql import functions as sf
 
     if run.tables.baseline is None:
@@ -245,7 +285,12 @@ def _baseline(run: RunContext) -> DataFrame | None:
     df = run.spark.read.format("delta").load(run.tables.baseline)
     if "status_code" in df.columns and not run.cfg.include_errors:
         df = df.where(sf.col("status_code") == 200)
-    if run.cfg.model_id_col in df.columns:
+    if run.cfg.model_id_col is None and "served_entity" in df.columns:
+        pairs = run.spark.createDataFrame(
+            sorted((e, m) for m, e in run.entities.items()), "served_entity STRING, model_id STRING"
+        )
+        df = df.join(sf.broadcast(pairs), "served_entity")
+    elif run.cfg.model_id_col is not None and run.cfg.model_id_col in df.columns:
         df = df.withColumn(
             "model_id", sf.coalesce(sf.col(f"`{run.cfg.model_id_col}`").cast("string"), sf.lit(":unknown"))
         )

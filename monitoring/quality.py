@@ -98,3 +98,64 @@ def roc_auc(labeled: DataFrame, keys: Sequence[str], label: str, score: str, pos
     auc = wins / (sf.sum("pos") * sf.sum("neg"))
     agg = ranked.groupBy(*keys).agg(auc.alias("roc_auc"), sf.sum("pos").alias("p"), sf.sum("neg").alias("q"))
     return agg.where((sf.col("p") > 0) & (sf.col("q") > 0)).drop("p", "q")
+
+
+# --- labels: how a labels table finds the records it labels ---------------------------------
+
+RECORD = ["request_id", "record_index"]
+
+
+def label_keys(labels: DataFrame, mode: str, key_cols: Sequence[str]) -> list[str]:
+    """The columns a label row is identified by: its record (``request_id``), its client's request
+    (``client_request_id``, with ``record_index`` when the labels table has it) or its entity key
+    and event time (``key_as_of``; the time is the column :func:`as_of_records` gets)."""
+    if mode == "request_id":
+        return list(RECORD)
+    if mode == "client_request_id":
+        return ["client_request_id", *(["record_index"] if "record_index" in labels.columns else [])]
+    return list(key_cols)
+
+
+def dedupe_labels(labels: DataFrame, keys: Sequence[str], label: str, alias: str) -> DataFrame:
+    """One row per key with a non-null key and label: ``(keys..., alias)``; a key labelled twice
+    keeps one of its labels (the first Spark meets)."""
+    from pyspark.sql import functions as sf
+
+    present = labels.where(sf.col(f"`{label}`").isNotNull())
+    for k in keys:
+        present = present.where(sf.col(f"`{k}`").isNotNull())
+    return present.groupBy(*[sf.col(f"`{k}`") for k in keys]).agg(sf.first(sf.col(f"`{label}`")).alias(alias))
+
+
+def as_of_records(
+    scored: DataFrame,
+    labels: DataFrame,
+    keys: Sequence[str],
+    scored_ts: str,
+    label_ts: str,
+    label: str,
+    tolerance_s: float,
+) -> DataFrame:
+    """``(request_id, record_index, label)``: each label joined to the record of its key scored
+    latest at or before the label's time, and at most ``tolerance_s`` before it.
+
+    An equi-join on the key, then a group per label: Spark shuffles by key, never into one
+    partition. Records scored at the same instant are told apart by (request_id, record_index),
+    the largest winning. A record that two labels pick keeps the earlier label (the outcome
+    nearest its prediction); the later one labels nothing.
+    """
+    from pyspark.sql import functions as sf
+
+    lts, sts = "__ls_label_ts", "__ls_scored_ts"
+    lab = dedupe_labels(labels.withColumn(lts, sf.col(f"`{label_ts}`").cast("timestamp")), [*keys, lts], label, label)
+    rec = scored.select(
+        *[sf.col(f"`{k}`") for k in keys], *RECORD, sf.col(f"`{scored_ts}`").cast("timestamp").alias(sts)
+    )
+    tolerance_us = int(tolerance_s * 1_000_000)
+    lag = sf.unix_micros(sf.col(lts)) - sf.unix_micros(sf.col(sts))
+    pairs = lab.join(rec, list(keys)).where((lag >= 0) & (lag <= tolerance_us))
+    latest = pairs.groupBy(*[sf.col(f"`{k}`") for k in keys], lts).agg(
+        sf.max(sf.struct(sts, *RECORD)).alias("r"), sf.first(sf.col(f"`{label}`")).alias(label)
+    )
+    record = [sf.col(f"r.{c}").alias(c) for c in RECORD]
+    return latest.groupBy(*record).agg(sf.min_by(sf.col(f"`{label}`"), sf.col(lts)).alias(label))

@@ -31,14 +31,19 @@ class MonitorSettings(BaseModel):
     """The ``monitor`` section: an InferenceLog profile of the inference table (Lakehouse Monitoring shape).
 
     Columns named here are columns of the inference table; ``label_col`` is read from
-    ``labels_table`` when one is given (joined on ``request_id``, ``record_index``), else from
-    the inference table itself.
+    ``labels_table`` when one is given (joined as ``labels_join`` says), else from the
+    inference table itself. ``model_id_col`` None (the default) gives each model version its
+    own id, ``<served_entity>@<model_version>``, so that a window in which an alias moved holds
+    two models, not a mix.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     timestamp_col: str = "timestamp"
-    model_id_col: str = Field(default="served_entity", description="served entity or model version column")
+    model_id_col: str | None = Field(
+        default=None,
+        description="column naming the model; None: '<served_entity>@<model_version>' (each version apart)",
+    )
     prediction_col: str = "prediction"
     label_col: str | None = Field(default=None, description="ground truth; enables model-quality metrics")
     prediction_proba_col: str | None = Field(default=None, description="score of the positive class")
@@ -60,6 +65,19 @@ class MonitorSettings(BaseModel):
     slicing_exprs: list[str] = Field(default_factory=list, description="SQL expressions, e.g. 'amount > 100'")
     baseline_table: str | None = Field(default=None, description="URI of a Delta table with the same columns")
     labels_table: str | None = Field(default=None, description="URI of a Delta table of late labels")
+    labels_join: Literal["request_id", "client_request_id", "key_as_of"] = Field(
+        default="request_id",
+        description="how labels find their records: (request_id, record_index); client_request_id "
+        "(+ record_index when the labels have it); key_as_of: labels_key_cols and the latest record "
+        "at or before the label's labels_timestamp_col, within labels_tolerance_s",
+    )
+    labels_key_cols: list[str] = Field(
+        default_factory=list, description="key_as_of: entity key column(s), in both tables"
+    )
+    labels_timestamp_col: str = Field(default="timestamp", description="key_as_of: the label's event time")
+    labels_tolerance_s: float = Field(
+        default=86_400.0, gt=0, description="key_as_of: a record scored longer before the label is not its record"
+    )
     output_prefix: str | None = Field(
         default=None, description="metrics tables: <prefix>_profile_metrics, _drift_metrics; default: table"
     )
@@ -88,7 +106,32 @@ class MonitorSettings(BaseModel):
             parse_granularity(g)
         if self.prediction_proba_col is not None and self.problem_type != "classification":
             raise ValueError("prediction_proba_col is for classification only")
+        self._check_labels_join()
         return self
+
+    def _check_labels_join(self) -> None:
+        """Refuse a join that cannot run, or settings a join would silently ignore."""
+        mode = self.labels_join
+        if mode != "request_id" and (self.labels_table is None or self.label_col is None):
+            raise ValueError(f"labels_join {mode!r} joins labels_table's label_col: give both")
+        fields = type(self).model_fields
+        as_of_only = [  # compared with the defaults: a dumped and reloaded tree names every field
+            n
+            for n in ("labels_key_cols", "labels_timestamp_col", "labels_tolerance_s")
+            if getattr(self, n) != fields[n].get_default(call_default_factory=True)
+        ]
+        if mode != "key_as_of" and as_of_only:
+            raise ValueError(f"{as_of_only[0]} is for labels_join 'key_as_of', not {mode!r}")
+        if mode != "key_as_of":
+            return
+        keys = self.labels_key_cols
+        if not keys:
+            raise ValueError("labels_key_cols: labels_join 'key_as_of' needs the entity key column(s)")
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"labels_key_cols: a column is named twice in {keys}")
+        clash = {self.labels_timestamp_col, self.label_col} & set(keys)
+        if clash:
+            raise ValueError(f"labels_key_cols: {sorted(c for c in clash if c)} is the label or its time")
 
 
 class AbSettings(BaseModel):

@@ -27,6 +27,8 @@ START = datetime(2025, 1, 1, tzinfo=UTC)
 DRIFT_COLUMNS = ("num_1", "cat_1")
 DRIFT_FROM = 2
 WINDOWS = 4
+# the synthetic entities serve versions 1 and 2; the monitor's default model id is entity@version
+MODEL_ID = {"champion": "champion@1", "challenger": "challenger@2"}
 Monitored = Any
 
 
@@ -62,7 +64,7 @@ def test_planted_drift_is_flagged_in_exactly_those_columns_and_windows(drifted: 
         for f in drifted.summary.flags
         if f.slice_key is None
     }
-    assert whole == {(*e, m) for e in expected for m in ("champion", "challenger")}
+    assert whole == {(*e, m) for e in expected for m in MODEL_ID.values()}
 
 
 def test_undrifted_table_flags_nothing(undrifted: Monitored) -> None:
@@ -79,7 +81,7 @@ def test_numeric_drift_statistics_equal_scipy(drifted: Monitored, column: str) -
         cur, ref = champ[champ.w == w][column].dropna(), champ[champ.w == w - 1][column].dropna()
         (row,) = _rows(
             drifted.tables.drift,
-            model_id="champion",
+            model_id=MODEL_ID["champion"],
             slice_key=None,
             column_name=column,
             drift_type="consecutive",
@@ -126,7 +128,7 @@ def test_binned_statistics_are_within_their_bounds_of_scipy(binned: Monitored, c
     for drift_type, w, cur, ref in _numeric_pairs(binned, column):
         (row,) = _rows(
             binned.tables.drift,
-            model_id="champion",
+            model_id=MODEL_ID["champion"],
             slice_key=None,
             column_name=column,
             drift_type=drift_type,
@@ -158,7 +160,7 @@ def test_categorical_drift_statistics_equal_scipy(drifted: Monitored) -> None:
         cur = chal[chal.w == w].cat_1.value_counts()
         (row,) = _rows(
             drifted.tables.drift,
-            model_id="challenger",
+            model_id=MODEL_ID["challenger"],
             slice_key=None,
             column_name="cat_1",
             drift_type="baseline",
@@ -191,7 +193,7 @@ def test_profile_metrics_equal_numpy(drifted: Monitored) -> None:
     sliced = df[(df.served_entity == "champion") & (df.w == 1) & (df.n_items > 2)]
     (row,) = _rows(
         drifted.tables.profile,
-        model_id="champion",
+        model_id=MODEL_ID["champion"],
         slice_key="n_items > 2",
         slice_value="true",
         column_name="num_0",
@@ -215,7 +217,11 @@ def test_quality_per_model_and_window_equals_sklearn(drifted: Monitored) -> None
     for model in ("champion", "challenger"):
         part = df[(df.served_entity == model) & (df.w == 3)]
         (row,) = _rows(
-            drifted.tables.profile, model_id=model, slice_key=None, column_name=":table", window_start=_window(3)
+            drifted.tables.profile,
+            model_id=MODEL_ID[model],
+            slice_key=None,
+            column_name=":table",
+            window_start=_window(3),
         )
         y, p = part.label.astype(str), part.prediction.astype(int).astype(str)
         assert row["labeled_count"] == len(part)
@@ -239,7 +245,7 @@ def test_evidently_reports_are_saved_and_referenced(drifted: Monitored) -> None:
         assert Path(html).stat().st_size > 10_000
         assert Path(html).with_suffix(".json").is_file()
     rows = [r for r in _rows(drifted.tables.drift) if r["evidently_report"] is not None]
-    assert {r["model_id"] for r in rows} == {"champion", "challenger"}
+    assert {r["model_id"] for r in rows} == set(MODEL_ID.values())
     assert {r["ws"] for r in rows} == {int(_window(WINDOWS - 1).timestamp())}
     assert all(r["drift_type"] == "baseline" and r["slice_key"] is None for r in rows)
     disagree = {
