@@ -118,13 +118,13 @@ def label_keys(labels: DataFrame, mode: str, key_cols: Sequence[str]) -> list[st
 
 def dedupe_labels(labels: DataFrame, keys: Sequence[str], label: str, alias: str) -> DataFrame:
     """One row per key with a non-null key and label: ``(keys..., alias)``; a key labelled twice
-    keeps one of its labels (the first Spark meets)."""
+    keeps the largest of its labels, so that every run picks the same one."""
     from pyspark.sql import functions as sf
 
     present = labels.where(sf.col(f"`{label}`").isNotNull())
     for k in keys:
         present = present.where(sf.col(f"`{k}`").isNotNull())
-    return present.groupBy(*[sf.col(f"`{k}`") for k in keys]).agg(sf.first(sf.col(f"`{label}`")).alias(alias))
+    return present.groupBy(*[sf.col(f"`{k}`") for k in keys]).agg(sf.max(sf.col(f"`{label}`")).alias(alias))
 
 
 def as_of_records(

@@ -152,6 +152,28 @@ def test_an_alias_move_inside_a_window_gives_each_version_its_own_quality(
     assert again.windows_processed == 0
 
 
+def test_a_baseline_of_the_entity_is_the_baseline_of_each_of_its_versions(
+    spark: SparkSession, planted: Planted
+) -> None:
+    """The baseline holds the entity's rows of both versions: each version is compared with all of them."""
+    cfg = MonitorSettings(
+        granularities=["1 hour"],
+        columns=["num_0"],
+        evidently=False,
+        output_prefix="baseline",
+        baseline_table=planted.inference,
+    )
+    tables = MonitorTables.beside(planted.inference, cfg)
+    run_monitor(spark, cfg, tables)
+    drift = DeltaTable(tables.drift).to_pandas()
+    base = drift[(drift.drift_type == "baseline") & drift.slice_key.isna() & (drift.column_name == "num_0")]
+    records = 2 * MOVED_AT
+    assert sorted(zip(base.model_id, base["count"], base.reference_count, strict=True)) == [
+        ("champion@1", records, 2 * REQUESTS),
+        ("champion@2", 2 * REQUESTS - records, 2 * REQUESTS),
+    ]
+
+
 def _quality(rows: dict[str, Any]) -> dict[str, tuple[Any, ...]]:
     return {m: tuple(r[q] for q in QUALITY) for m, r in rows.items()}
 

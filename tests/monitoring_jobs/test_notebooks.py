@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import nbformat
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -22,7 +23,7 @@ from nbclient import NotebookClient
 
 from lakeserve.features import demo_repo
 from lakeserve.jobs import ab_analysis, monitor
-from lakeserve.jobs.demo_data import REQUEST_FIELDS, request_bodies
+from lakeserve.jobs.demo_data import REQUEST_FIELDS, fraud_probability, request_bodies
 from lakeserve.settings import Settings, load_settings
 
 # The streaming helpers live beside the pipeline tests, which put their folder on sys.path
@@ -44,6 +45,7 @@ BAD = [  # answered with an error, and logged
     json.dumps({"dataframe_records": [UNKNOWN_CUSTOMER]}).encode(),
 ]
 REQUESTS, RECORDS = 270 + 30, 270 + 30 * 3  # the good ones
+NO_SUCH_CLIENT = "no-such-client"  # one label that matches no record
 
 
 @dataclass
@@ -52,13 +54,15 @@ class Served:
     settings: Settings
     rows: pd.DataFrame
     ab_markdown: str
+    monitor_summary: str = ""
 
 
 @pytest.fixture(scope="module")
 def served(
     stack: Settings, demo_assets: DemoReport, spark: SparkSession, tmp_path_factory: pytest.TempPathFactory
 ) -> Served:
-    """About 300 demo requests (three bad ones) through the worker, then one monitor and one A/B run."""
+    """About 300 demo requests (three bad ones) through the worker, then one monitor run (labels
+    joined by client_request_id) and one A/B run."""
     assert demo_assets.data_dir is not None
     base = settings_for(stack, "notebooks")
     customers = pd.read_parquet(demo_assets.data_dir / "customers.parquet")
@@ -69,12 +73,36 @@ def served(
         produce(base, bodies)  # keyed by position; an answer carries its request's key
         read_topic(base, base.kafka.responses_topic, lambda seen: len({a.key for a in seen}) >= len(bodies))
     # the worker flushed its rows on the way out
-    config = _config(base, _training_baseline(base, demo_assets.data_dir), tmp_path_factory.mktemp("nb"))
+    labels = _outcomes(base, bodies, customers)
+    config = _config(base, _training_baseline(base, demo_assets.data_dir), labels, tmp_path_factory.mktemp("nb"))
     settings = load_settings(config)
     assert settings.inference_table_uri == base.inference_table_uri
-    monitor.run_from_settings(settings)
+    summary = monitor.run_from_settings(settings).summary
     markdown = ab_analysis.run_from_settings(settings).summary
-    return Served(config, settings, DeltaTable(settings.inference_table_uri).to_pandas(), markdown)
+    return Served(config, settings, DeltaTable(settings.inference_table_uri).to_pandas(), markdown, summary)
+
+
+def _outcomes(settings: Settings, bodies: list[bytes], customers: pd.DataFrame) -> str:
+    """Fraud outcomes of the good requests' records, keyed by (client_request_id, record_index) as
+    a labelling system knows them, drawn from the demo's planted rule; plus one for no request."""
+    rows = []
+    for body in bodies:
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            continue  # the truncated one
+        if "client_request_id" not in doc:
+            continue
+        rows += [{"client_request_id": doc["client_request_id"], "record_index": i, **r}
+                 for i, r in enumerate(doc["dataframe_records"])]
+    tx = pd.DataFrame(rows)
+    who = customers.set_index("customer_id").loc[tx["customer_id"]].reset_index()
+    fraud = np.random.default_rng(7).uniform(0, 1, len(tx)) < fraud_probability(tx, who)
+    labels = tx[["client_request_id", "record_index"]].assign(is_fraud=fraud.astype("int64"))
+    labels.loc[len(labels)] = [NO_SUCH_CLIENT, 0, 1]
+    uri = settings.table_uri(f"{settings.endpoint.auto_capture_config.table_name}_outcomes")
+    write_deltalake(uri, labels.astype({"record_index": "int32"}), mode="overwrite")
+    return uri
 
 
 def _training_baseline(settings: Settings, data_dir: Path) -> str:
@@ -86,7 +114,7 @@ def _training_baseline(settings: Settings, data_dir: Path) -> str:
     return uri
 
 
-def _config(settings: Settings, baseline: str, folder: Path) -> Path:
+def _config(settings: Settings, baseline: str, labels: str, folder: Path) -> Path:
     """The settings file the jobs and the notebooks load: the test's tables, monitor and ab sections."""
     data = settings.model_dump(mode="json", include={"stack", "spark", "tables", "endpoint"})
     data["endpoint"] = {"auto_capture_config": data["endpoint"]["auto_capture_config"]}
@@ -97,9 +125,12 @@ def _config(settings: Settings, baseline: str, folder: Path) -> Path:
         "prediction_proba_col": "probability",
         "positive_label": "1",
         "min_rows": 50,
+        "label_col": "is_fraud",
+        "labels_table": labels,
+        "labels_join": "client_request_id",
     }
-    # the demo models route by their entity key, which the settings do not name: the A/B job is told
-    data["ab"] = {"prediction_proba_col": "probability", "bootstrap_resamples": 200, "cluster_key": "customer_id"}
+    # no cluster key: the job takes the key the demo models route by (their entity key, customer_id)
+    data["ab"] = {"prediction_proba_col": "probability", "bootstrap_resamples": 200}
     path = folder / "lakeserve.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
@@ -178,6 +209,7 @@ def test_drift_over_time(served: Served, tmp_path: Path) -> None:
 
 def test_ab_readout(served: Served, tmp_path: Path) -> None:
     text, figures = _run("ab_readout", served, tmp_path)
+    assert "Unit of analysis: the routing key `customer_id`" in served.ab_markdown  # the models' entity key
     verdicts = [line.removeprefix("**Verdict:** ") for line in served.ab_markdown.splitlines() if "Verdict" in line]
     assert verdicts
     for verdict in verdicts:
@@ -185,3 +217,27 @@ def test_ab_readout(served: Served, tmp_path: Path) -> None:
     assert "challenger" in text
     assert "champion" in text
     assert figures == 2
+
+
+def test_model_quality(served: Served, tmp_path: Path) -> None:
+    """Quality per model version from the profile table, and the client_request_id join checked in
+    pandas: both agree with the monitor's figures, computed here from the raw rows."""
+    text, figures = _run("model_quality", served, tmp_path)
+    rows = served.rows[served.rows.status_code == 200]
+    assert served.settings.monitor.labels_table is not None
+    labels = DeltaTable(served.settings.monitor.labels_table).to_pandas()
+    joined = rows.merge(labels, on=["client_request_id", "record_index"])
+    assert len(joined) == RECORDS
+    assert len(labels) == RECORDS + 1
+    assert f"labels: {RECORDS} matched a record, 1 matched none" in served.monitor_summary
+    assert f"labels: {RECORDS} of {RECORDS + 1} matched a record by client_request_id + record_index" in text
+    model_ids = rows.served_entity + "@" + rows.model_version
+    assert model_ids.nunique() == 2  # champion and challenger, one version each
+    joined["model_id"] = joined.served_entity + "@" + joined.model_version
+    for model, part in joined.groupby("model_id"):
+        accuracy = (part.prediction.astype(int) == part.is_fraud).mean()
+        count = int((model_ids == model).sum())
+        head = f"QUALITY {model}: {count} rows, {len(part)} labelled, accuracy "
+        (line,) = [line for line in text.splitlines() if line.startswith(head)]
+        assert float(line.removeprefix(head)) == pytest.approx(accuracy, abs=0.51e-4)  # printed to 4 places
+    assert figures == 1  # accuracy per model version over the windows
