@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lakeserve.errors import ConfigError
+from lakeserve.errors import ConfigError, LakeserveError
 from lakeserve.jobs.outcome import JobOutcome
 from lakeserve.jobs.settings import JobSettings
 from lakeserve.jobs.spark import spark_session
@@ -83,11 +83,16 @@ def run_ab(
     markdown: Path,
     *,
     end: datetime | None = None,
+    routing_key: str | None = None,
 ) -> AbReport:
-    """Analyse ``[end - period_days, end)``; write the rows to ``output`` and the summary to ``markdown``."""
+    """Analyse ``[end - period_days, end)``; write the rows to ``output`` and the summary to ``markdown``.
+
+    The unit of analysis is ``cfg.cluster_key``; unset, ``routing_key`` (the key the endpoint
+    routes by, :func:`endpoint_routing_key`) when the table has that column; else each request."""
     end = end or datetime.now(UTC)
     start = end - timedelta(days=cfg.period_days)
-    df = _period(spark, cfg, inference, start, end).cache()
+    unit = _unit(spark.read.format("delta").load(inference).columns, cfg, routing_key, inference)
+    df = _period(spark, cfg, unit, inference, start, end).cache()
     keys = _key_sums(df).cache()
     try:
         entities = _entity_stats(df)
@@ -97,7 +102,7 @@ def run_ab(
         if control not in entities:
             raise ConfigError(f"ab.control: {control!r} has no rows in the period (have {sorted(entities)})")
         moments = _arm_moments(keys)
-        report = AbReport(start, end, control, cfg.cluster_key or "request_id", entities)
+        report = AbReport(start, end, control, unit or "request_id", entities)
         for treatment in sorted(e for e in entities if e != control):
             log.info("A/B: %s against %s, by %s", treatment, control, report.cluster_key)
             rows = _compare(df, keys, cfg, moments, control, treatment)
@@ -115,7 +120,27 @@ def run_ab(
     return report
 
 
-def _period(spark: SparkSession, cfg: AbSettings, uri: str, start: datetime, end: datetime) -> DataFrame:
+def _unit(columns: Sequence[str], cfg: AbSettings, routing_key: str | None, uri: str) -> str | None:
+    """The column whose value is the unit of analysis; None: the request."""
+    if cfg.cluster_key is not None:
+        if cfg.cluster_key not in columns:
+            raise ConfigError(f"ab.cluster_key: {cfg.cluster_key!r} is not a column of the inference table {uri}")
+        return cfg.cluster_key
+    if routing_key is None:
+        return None
+    if routing_key not in columns:
+        log.warning(
+            "A/B: the endpoint routes by %r, which the inference table does not hold: each request is a unit "
+            "(set ab.cluster_key to the routing key's column)",
+            routing_key,
+        )
+        return None
+    return routing_key
+
+
+def _period(
+    spark: SparkSession, cfg: AbSettings, unit: str | None, uri: str, start: datetime, end: datetime
+) -> DataFrame:
     from pyspark.sql import functions as sf
 
     df = (
@@ -129,14 +154,8 @@ def _period(spark: SparkSession, cfg: AbSettings, uri: str, start: datetime, end
     )
     if not cfg.include_shadow:
         df = df.where(~sf.col("is_shadow"))
-    if cfg.cluster_key is not None and cfg.cluster_key not in df.columns:
-        raise ConfigError(f"ab.cluster_key: {cfg.cluster_key!r} is not a column of the inference table {uri}")
     request = sf.concat(sf.lit("r:"), sf.col("request_id"))
-    key = (
-        request
-        if cfg.cluster_key is None
-        else sf.coalesce(sf.concat(sf.lit("k:"), sf.col(cfg.cluster_key).cast("string")), request)
-    )
+    key = request if unit is None else sf.coalesce(sf.concat(sf.lit("k:"), sf.col(unit).cast("string")), request)
     label = sf.lit(None).cast("double")
     if cfg.label_col and cfg.labels_table:
         labels = (
@@ -522,8 +541,10 @@ def run_from_settings(settings: JobSettings, *, end: datetime | None = None) -> 
 
     output, markdown = output_locations(settings)
     spark = spark_session(settings.spark, ivy_dir=settings.stack.cache_dir / "ivy")
-    cfg = by_routing_key(settings)
-    report = run_ab(spark, cfg, settings.inference_table_uri, output, markdown, end=end)
+    report = run_ab(
+        spark, settings.ab, settings.inference_table_uri, output, markdown, end=end,
+        routing_key=None if settings.ab.cluster_key else endpoint_routing_key(settings),
+    )  # fmt: skip
     worse = _worse(report.rows)
     facts = {
         "control": report.control,
@@ -548,17 +569,15 @@ def _worse(rows: Sequence[dict[str, Any]]) -> dict[str, list[str]]:
     return {t: sorted(m) for t, m in sorted(worse.items())}
 
 
-def by_routing_key(settings: JobSettings) -> AbSettings:
-    """``settings.ab`` with its ``cluster_key``: as set, else the key the endpoint routes by
-    (``traffic_config.sticky_key``, else the entity key its models record: read from the registry),
-    else none (records routed by request id are their own unit), said in a warning."""
-    if settings.ab.cluster_key is not None:
-        return settings.ab
-    key = routing_key(settings.endpoint, settings.mlflow)
-    if key is None:
-        log.warning("A/B: the endpoint routes by request id (no sticky key, no entity key): each request is a unit")
-        return settings.ab
-    return settings.ab.model_copy(update={"cluster_key": key})
+def endpoint_routing_key(settings: JobSettings) -> str | None:
+    """The key the endpoint routes by, as the core picks it (``traffic_config.sticky_key``, else the
+    entity key its models record, read from the registry); None when it routes by request, or when
+    the registry cannot say (a warning: the job then treats each request as a unit)."""
+    try:
+        return routing_key(settings.endpoint, settings.mlflow)
+    except LakeserveError as exc:
+        log.warning("A/B: cannot tell the key the endpoint routes by (%s): set ab.cluster_key", exc)
+        return None
 
 
 def output_locations(settings: JobSettings) -> tuple[str, Path]:

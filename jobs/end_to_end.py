@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from lakeserve.jobs import demo_data
-from lakeserve.jobs.ab_analysis import by_routing_key, output_locations, run_ab
+from lakeserve.jobs.ab_analysis import endpoint_routing_key, output_locations, run_ab
 from lakeserve.jobs.batch_score import run_batch_score
 from lakeserve.jobs.demo import DemoReport, prepare_assets
 from lakeserve.jobs.demo_traffic import Traffic, TrafficReport
@@ -175,7 +175,8 @@ def _ab(settings: JobSettings) -> Any:
 
     spark = spark_session(settings.spark, ivy_dir=settings.stack.cache_dir / "ivy")
     output, markdown = output_locations(settings)
-    return run_ab(spark, by_routing_key(settings), settings.inference_table_uri, output, markdown)
+    key = None if settings.ab.cluster_key else endpoint_routing_key(settings)
+    return run_ab(spark, settings.ab, settings.inference_table_uri, output, markdown, routing_key=key)
 
 
 def _notebooks(settings: JobSettings) -> list[Path]:

@@ -14,7 +14,7 @@ import pytest
 from scipy import stats
 
 from lakeserve.errors import ConfigError
-from lakeserve.jobs.ab_analysis import AbReport, by_routing_key, run_ab
+from lakeserve.jobs.ab_analysis import AbReport, endpoint_routing_key, run_ab
 from lakeserve.monitoring import ab
 from lakeserve.monitoring.ab_clusters import ClusterMoments, cluster_ttest
 from lakeserve.monitoring.settings import AbSettings
@@ -127,6 +127,10 @@ def test_a_cluster_key_the_table_lacks_is_refused(spark: SparkSession, tmp_path:
     cfg = AbSettings(cluster_key="customer_id", period_days=1)
     with pytest.raises(ConfigError, match=r"ab\.cluster_key: 'customer_id'"):
         run_ab(spark, cfg, str(tmp_path / "payload"), str(tmp_path / "ab"), tmp_path / "ab.md", end=END)
+    # the endpoint's routing key, not named in the settings and not in this table: each request is a unit
+    derived = run_ab(spark, AbSettings(period_days=1), str(tmp_path / "payload"), str(tmp_path / "ab"),
+                     tmp_path / "ab.md", end=END, routing_key="customer_id")  # fmt: skip
+    assert derived.cluster_key == "request_id"
 
 
 def test_tests_equal_scipy_and_false_positive_rate_is_alpha() -> None:
@@ -167,12 +171,21 @@ def test_rank_sums_in_spark_equal_scipy_without_a_single_partition_window(spark:
     assert (mw.statistic, mw.p_value) == (pytest.approx(ref.statistic), pytest.approx(ref.pvalue, abs=1e-9))
 
 
-def test_the_unit_defaults_to_the_key_the_endpoint_routes_by(stack: Settings, demo_assets: object) -> None:
+def test_the_unit_defaults_to_the_key_the_endpoint_routes_by(
+    spark: SparkSession, tmp_path: Path, stack: Settings, demo_assets: object
+) -> None:
     """The demo's models record ``customer_id`` as their entity key (read from the registry, as the
-    core routes by it); a sticky key, or an explicit cluster key, wins."""
-    assert by_routing_key(stack).cluster_key == "customer_id"
+    core routes by it); a sticky key wins; the job uses the routing key as its unit."""
+    assert endpoint_routing_key(stack) == "customer_id"
     traffic = stack.endpoint.traffic_config.model_copy(update={"sticky_key": "merchant_category"})
     sticky = stack.model_copy(update={"endpoint": stack.endpoint.model_copy(update={"traffic_config": traffic})})
-    assert by_routing_key(sticky).cluster_key == "merchant_category"
-    explicit = stack.model_copy(update={"ab": stack.ab.model_copy(update={"cluster_key": "account_id"})})
-    assert by_routing_key(explicit).cluster_key == "account_id"
+    assert endpoint_routing_key(sticky) == "merchant_category"
+    spec = SyntheticSpec(rows=2_000, windows=1, window=timedelta(hours=12), seed=3, keys=200,
+                         entities=[EntitySpec("champion", 0.5), EntitySpec("challenger", 0.5)])  # fmt: skip
+    frame = write_synthetic(str(tmp_path / "payload"), spec).to_pandas()
+    cfg = AbSettings(control="champion", period_days=1, bootstrap_resamples=100)
+    report = run_ab(spark, cfg, str(tmp_path / "payload"), str(tmp_path / "ab"), tmp_path / "ab.md", end=END,
+                    routing_key=endpoint_routing_key(stack))  # fmt: skip
+    assert report.cluster_key == "customer_id"
+    keys = frame[frame["served_entity"] == "champion"]["customer_id"].nunique()
+    assert {r["clusters_control"] for r in report.rows if r.get("clusters_control") is not None} == {keys}

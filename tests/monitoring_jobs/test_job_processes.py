@@ -116,7 +116,7 @@ def test_monitor_exits_3_on_drift_when_asked_0_without_and_1_when_it_fails(confi
         "job": "monitor", "status": "ok", "exit_code": 3, "found": True, "drifted_pairs": 4,
         "drifted_columns": ["cat_1", "num_1"], "windows_processed": 8, "windows_total": 8,
     }  # fmt: skip  # two columns, for each of the two models, at the window the drift starts
-    assert "DRIFT consecutive 1 hour 2025-01-01 02:00 champion num_1" in found.out
+    assert "DRIFT consecutive 1 hour 2025-01-01 02:00 champion@1 num_1" in found.out  # entity@version
 
     assert nothing.code == 0, nothing.err[-3000:]
     assert pick(nothing.result, "exit_code", "found", "drifted_pairs", "windows_processed") == {
