@@ -7,11 +7,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import pandas as pd
-from conftest_helpers import GOOD, register_model
+from conftest_helpers import GOOD, register_model, serving
 from deltalake import DeltaTable, write_deltalake
 
 from lakeserve.jobs.batch_score import BatchOptions, run_batch_score
-from lakeserve.scoring.settings import Route, ServedEntity, TrafficConfig
 from lakeserve.scoring.testing_models import THRESHOLD_PARAMS, ThresholdModel
 from lakeserve.settings import Settings
 
@@ -27,11 +26,7 @@ def test_the_runs_params_change_every_rows_prediction(
     stack: Settings, demo_assets: object, spark: SparkSession
 ) -> None:
     version = register_model(stack, ThresholdModel(), "threshold_batch", params=THRESHOLD_PARAMS)
-    endpoint = stack.endpoint.model_copy(update={
-        "served_entities": [ServedEntity(name="threshold", entity_name="threshold_batch", entity_version=version)],
-        "traffic_config": TrafficConfig(routes=[Route(served_model_name="threshold", traffic_percentage=100)]),
-    })  # fmt: skip
-    settings = stack.model_copy(update={"endpoint": endpoint})
+    settings = serving(stack, "threshold_batch", version)
     # amounts 12.5 and 20 score probabilities of about 0.08 and 0.12: 0 at the default 0.5, 1 at 0.05
     rows = pd.DataFrame([{**GOOD, **FEATURES, "customer_id": i, "amount": a} for i, a in enumerate([12.5, 20.0, 12.5])])
     rows["event_timestamp"] = pd.Timestamp.now(tz="UTC")

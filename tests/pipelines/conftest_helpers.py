@@ -22,7 +22,9 @@ from deltalake import DeltaTable
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from lakeserve.pipelines.embedded.kafka import ensure_topics
+from lakeserve.pipelines.supervisor import Supervisor
 from lakeserve.pipelines.worker import Worker, build_worker
+from lakeserve.scoring.settings import Limits, Route, ServedEntity, TrafficConfig
 from lakeserve.settings import Settings
 
 
@@ -225,6 +227,31 @@ def register_model(
             metadata={"lakeserve": {"feature_service": demo_repo.SERVICE_V1, "entity_keys": ["customer_id"]}},
         )
     return str(info.registered_model_version)
+
+
+def serving(settings: Settings, model: str, version: str, limits: Limits | None = None) -> Settings:
+    """``settings`` serving one registered model version, under its own name, to all traffic."""
+    endpoint = settings.endpoint.model_copy(update={
+        "served_entities": [ServedEntity(name=model, entity_name=model, entity_version=version)],
+        "traffic_config": TrafficConfig(routes=[Route(served_model_name=model, traffic_percentage=100)]),
+        **({"limits": limits} if limits else {}),
+    })  # fmt: skip
+    return settings.model_copy(update={"endpoint": endpoint})
+
+
+@contextmanager
+def supervised(settings: Settings, workers: int = 1) -> Iterator[Supervisor]:
+    """Worker processes under a supervisor (in a thread of the test), ready; stopped on the way out."""
+    supervisor = Supervisor(settings, workers, restart_backoff_s=0.2)
+    stopped = threading.Event()
+    runner = threading.Thread(target=supervisor.run, args=(stopped,), daemon=True)
+    runner.start()
+    try:
+        supervisor.wait_ready()
+        yield supervisor
+    finally:
+        stopped.set()
+        runner.join(timeout=60)
 
 
 def body(**fields: Any) -> bytes:

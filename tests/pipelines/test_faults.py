@@ -27,15 +27,16 @@ from conftest_helpers import (
     read_topic,
     register_model,
     running,
+    serving,
     settings_for,
+    supervised,
     table_rows,
 )
 from kafka import KafkaAdminClient, KafkaProducer
 from kafka.admin import NewTopic
 
 from lakeserve.pipelines.embedded.kafka import ensure_topics
-from lakeserve.pipelines.supervisor import Supervisor
-from lakeserve.scoring.settings import Limits, Route, ServedEntity, TrafficConfig
+from lakeserve.scoring.settings import Limits
 from lakeserve.scoring.testing_models import CrashingModel, StallingModel
 from lakeserve.settings import Settings
 
@@ -45,15 +46,6 @@ def faulty(stack: Settings, name: str, *, limits: Limits | None = None, **kafka:
     settings = settings_for(stack, name, **({"limits": limits} if limits else {}))
     quick = {"retry_backoff_initial_ms": 50, "retry_backoff_max_ms": 500, **kafka}
     return settings.model_copy(update={"kafka": settings.kafka.model_copy(update=quick)})
-
-
-def serving(settings: Settings, model: str, version: str, limits: Limits | None = None) -> Settings:
-    endpoint = settings.endpoint.model_copy(update={
-        "served_entities": [ServedEntity(name=model, entity_name=model, entity_version=version)],
-        "traffic_config": TrafficConfig(routes=[Route(served_model_name=model, traffic_percentage=100)]),
-        **({"limits": limits} if limits else {}),
-    })  # fmt: skip
-    return settings.model_copy(update={"endpoint": endpoint})
 
 
 class Traffic(threading.Thread):
@@ -255,12 +247,7 @@ def test_a_hung_model_is_answered_504_and_its_worker_replaced(stack: Settings, d
     version = register_model(stack, StallingModel(), "stalling")
     limits = Limits(timeout_s=3, max_batch_size=64, max_batch_wait_ms=20)
     settings = serving(faulty(stack, "fault-hung", limits=limits), "stalling", version, limits)
-    supervisor = Supervisor(settings, 1, restart_backoff_s=0.2)
-    stopped = threading.Event()
-    runner = threading.Thread(target=supervisor.run, args=(stopped,), daemon=True)
-    runner.start()
-    try:
-        supervisor.wait_ready()
+    with supervised(settings) as supervisor:
         produce(settings, [body(customer_id=c) for c in range(1, 11)])
         answers_for(settings, 10)
         produce(settings, [body(amount=-7)], [b"hang"])
@@ -268,9 +255,6 @@ def test_a_hung_model_is_answered_504_and_its_worker_replaced(stack: Settings, d
         until(lambda: supervisor.restarts >= 1, 60, "the stalled worker replaced")
         produce(settings, [body(customer_id=c) for c in range(11, 21)], [f"after-{c}".encode() for c in range(10)])
         answers = answers_for(settings, 21)
-    finally:
-        stopped.set()
-        runner.join(timeout=60)
     by_key = {a.key: a for a in answers.values()}
     assert by_key[b"hang"].headers["status"] == "504"
     assert by_key[b"hang"].body["error_code"] == "TIMEOUT"
@@ -281,20 +265,12 @@ def test_a_hung_model_is_answered_504_and_its_worker_replaced(stack: Settings, d
 def test_a_record_that_kills_its_worker_is_quarantined(stack: Settings, demo_assets: object) -> None:
     version = register_model(stack, CrashingModel(), "crashing")
     settings = serving(faulty(stack, "fault-crash", quarantine_after_deaths=1), "crashing", version)
-    supervisor = Supervisor(settings, 1, restart_backoff_s=0.2)
-    stopped = threading.Event()
-    runner = threading.Thread(target=supervisor.run, args=(stopped,), daemon=True)
-    runner.start()
-    try:
-        supervisor.wait_ready()
+    with supervised(settings) as supervisor:
         good = [body(customer_id=c) for c in range(1, 11)]
         bodies = [*good[:5], body(amount=-9), *good[5:]]
         keys = [f"k{i}".encode() for i in range(5)] + [b"killer"] + [f"k{i}".encode() for i in range(5, 10)]
         produce(settings, bodies, keys)
         answers = answers_for(settings, len(bodies), timeout_s=240)
-    finally:
-        stopped.set()
-        runner.join(timeout=60)
     by_key = {a.key: a for a in answers.values()}
     assert by_key[b"killer"].headers["status"] == "500"
     assert by_key[b"killer"].body["error_code"] == "QUARANTINED"

@@ -6,9 +6,18 @@ from __future__ import annotations
 
 import json
 
-from conftest_helpers import GOOD, answers_for, produce, read_topic, register_model, running, settings_for, table_rows
+from conftest_helpers import (
+    GOOD,
+    answers_for,
+    produce,
+    read_topic,
+    register_model,
+    running,
+    serving,
+    settings_for,
+    table_rows,
+)
 
-from lakeserve.scoring.settings import Route, ServedEntity, TrafficConfig
 from lakeserve.scoring.testing_models import THRESHOLD_PARAMS, ThresholdModel
 from lakeserve.settings import Settings
 
@@ -24,12 +33,7 @@ SENT = {
 
 def test_params_reach_the_model_and_a_bad_one_fails_its_request_only(stack: Settings, demo_assets: object) -> None:
     version = register_model(stack, ThresholdModel(), "threshold_kafka", params=THRESHOLD_PARAMS)
-    base = settings_for(stack, "kafka-params")
-    endpoint = base.endpoint.model_copy(update={
-        "served_entities": [ServedEntity(name="threshold", entity_name="threshold_kafka", entity_version=version)],
-        "traffic_config": TrafficConfig(routes=[Route(served_model_name="threshold", traffic_percentage=100)]),
-    })  # fmt: skip
-    settings = base.model_copy(update={"endpoint": endpoint})
+    settings = serving(settings_for(stack, "kafka-params"), "threshold_kafka", version)
     bodies = [
         json.dumps({"dataframe_records": [GOOD], **({"params": params} if params else {})}).encode()
         for params in SENT.values()

@@ -4,13 +4,9 @@ under a supervisor, on the real broker."""
 
 from __future__ import annotations
 
-import threading
-
 import pytest
-from conftest_helpers import answers_for, body, produce, register_model, settings_for
+from conftest_helpers import answers_for, body, produce, register_model, serving, settings_for, supervised
 
-from lakeserve.pipelines.supervisor import Supervisor
-from lakeserve.scoring.settings import Route, ServedEntity, TrafficConfig
 from lakeserve.scoring.testing_models import DeviceReportingModel
 from lakeserve.settings import Settings
 
@@ -20,22 +16,9 @@ def test_a_cpu_only_worker_hides_the_gpus_and_tells_its_model_the_cpu(
 ) -> None:
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)  # as a worker starts by default
     version = register_model(stack, DeviceReportingModel(), "device_reporting", model_config={"device": None})
-    base = settings_for(stack, "worker-devices")
-    endpoint = base.endpoint.model_copy(update={
-        "served_entities": [ServedEntity(name="reporter", entity_name="device_reporting", entity_version=version)],
-        "traffic_config": TrafficConfig(routes=[Route(served_model_name="reporter", traffic_percentage=100)]),
-    })  # fmt: skip
-    settings = base.model_copy(update={"endpoint": endpoint})
-    supervisor = Supervisor(settings, 1, restart_backoff_s=0.2)
-    stopped = threading.Event()
-    runner = threading.Thread(target=supervisor.run, args=(stopped,), daemon=True)
-    runner.start()
-    try:
-        supervisor.wait_ready()
+    settings = serving(settings_for(stack, "worker-devices"), "device_reporting", version)
+    with supervised(settings):
         produce(settings, [body()])
         [answer] = answers_for(settings, 1).values()
-    finally:
-        stopped.set()
-        runner.join(timeout=60)
     assert answer.headers["status"] == "200"
     assert answer.body["predictions"][0] == {"prediction": 1, "device": "cpu", "cuda_visible": ""}
