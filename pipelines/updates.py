@@ -14,10 +14,7 @@ micro-batch. A change is compared with the newest prepared config (the pending u
 loop has not taken it, e.g. an idle REST server), so one move is loaded once, not at every poll;
 a pending update that a newer one replaces before it was swapped in has its own loads unloaded.
 The outcome (applied, or failed and why) is written to the control file's
-``.status.json`` beside it, which ``lakeserve endpoint status`` and tests read. An update that
-changes whether or where the inference table is written (``auto_capture_config`` ``enabled``,
-``catalog_name``, ``schema_name``, ``table_name_prefix``) is refused, naming the fields: only a
-restart applies those; sampling and the payload cap follow updates.
+``.status.json`` beside it, which ``lakeserve endpoint status`` and tests read.
 """
 
 from __future__ import annotations
@@ -152,7 +149,6 @@ class EndpointUpdater:
         if endpoint is None:
             return None
         try:
-            refuse_restart_only_changes(self.current.endpoint, endpoint)
             update = Update(endpoint, self._load(endpoint))
         except LakeserveError as exc:
             log.error("endpoint update refused, old config keeps serving: %s", exc)
@@ -226,24 +222,6 @@ class EndpointUpdater:
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(status))
         os.replace(tmp, path)
-
-
-# Fields a running service cannot change: where (and whether) it writes its inference table is
-# fixed when the worker starts (its table, or the answer log that commits offsets without one).
-RESTART_ONLY = ("enabled", "catalog_name", "schema_name", "table_name_prefix")
-
-
-def refuse_restart_only_changes(current: EndpointSettings, wanted: EndpointSettings) -> None:
-    """ConfigError naming each ``auto_capture_config`` field the update changes that only a
-    restart applies; the old config keeps serving, rather than the change being ignored."""
-    old, new = current.auto_capture_config, wanted.auto_capture_config
-    changed = [f"auto_capture_config.{f} ({getattr(old, f)!r} -> {getattr(new, f)!r})"
-               for f in RESTART_ONLY if getattr(old, f) != getattr(new, f)]  # fmt: skip
-    if changed:
-        raise ConfigError(
-            f"endpoint update changes {', '.join(changed)}: a running service keeps the inference table it "
-            "started with; restart it (lakeserve serve) to apply this"
-        )
 
 
 def load_models(settings: ServiceSettings, endpoint: EndpointSettings) -> dict[str, ServedModel]:

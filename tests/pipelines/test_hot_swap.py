@@ -223,35 +223,3 @@ def test_a_moved_alias_is_loaded_once_and_a_superseded_load_unloaded(
         assert not any(m.unloaded for m in serving.values())  # still in use
     finally:
         client.set_registered_model_alias("card_fraud", "challenger", str(challenger))
-
-
-def test_an_update_that_moves_or_stops_the_table_is_refused_naming_the_fields(
-    stack: Settings, demo_assets: object, tmp_path: Path
-) -> None:
-    """Whether and where the table is written is fixed at start: refused, not silently ignored;
-    sampling follows the update."""
-    endpoint = stack.endpoint
-    serving = {
-        e.name: FakeServedModel(e.name, lambda f: f.iloc[:, 0], e.entity_name, resolve_version(e, stack.mlflow))
-        for e in endpoint.served_entities
-    }
-    updater = EndpointUpdater(endpoint, serving, tmp_path, stack.mlflow, lambda e: serving[e.name])
-    control = tmp_path / "endpoints" / f"{endpoint.name}.yaml"
-    control.parent.mkdir(parents=True)
-
-    def publish(**capture: object) -> None:
-        data = endpoint.model_dump(mode="json")
-        data["auto_capture_config"].update(capture)
-        control.write_text(yaml.safe_dump(data))  # each write has another size: a new stamp
-
-    publish(enabled=False, table_name_prefix="elsewhere")
-    assert updater.check() is None
-    status = read_status(tmp_path, endpoint.name)
-    assert status is not None
-    assert status["state"] == "failed"
-    assert "auto_capture_config.enabled (True -> False)" in str(status["error"])
-    assert "auto_capture_config.table_name_prefix ('" in str(status["error"])
-    publish(sampling_fraction=0.5)
-    update = updater.check()
-    assert update is not None
-    assert update.endpoint.auto_capture_config.sampling_fraction == 0.5
