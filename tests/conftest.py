@@ -9,7 +9,6 @@ import queue
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING
 import pytest
 import yaml
 from netutil import free_ports
+from processes import output_lines
 
 from lakeserve.scoring.devices import cuda_device_count
 from lakeserve.settings import Settings, load_settings
@@ -119,14 +119,7 @@ def stack(config_file: Path, settings: Settings) -> Iterator[Settings]:
         text=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
-    lines: queue.Queue[str | None] = queue.Queue()
-
-    def read() -> None:
-        for line in proc.stdout or []:
-            lines.put(line)
-        lines.put(None)
-
-    threading.Thread(target=read, daemon=True).start()
+    lines = output_lines(proc)
     try:
         wait_for_line(lines, "stack is up", timeout_s=180)
     except AssertionError:

@@ -10,7 +10,6 @@ import queue
 import signal
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -21,6 +20,7 @@ import pandas as pd
 import pytest
 import yaml
 from deltalake import DeltaTable
+from processes import output_lines
 
 from lakeserve.features import demo_repo
 from lakeserve.jobs.demo_data import REQUEST_FIELDS
@@ -186,7 +186,7 @@ def test_schedule_runs_every_job_once_now_reports_each_and_stops_on_sigterm(
     config = _config(config_file, folder, monitor=MONITOR, ab=_ab(folder, period_days=3650, seed=21), schedule=schedule)
     _with_table(config, NULL_SPLIT)
     proc = _start(config, "jobs", "schedule", "--run-now")
-    lines = _lines(proc)
+    lines = output_lines(proc)
     try:
         results = _results(lines, 4, proc)
     finally:
@@ -233,18 +233,6 @@ def _batch_input(demo: DemoReport, path: Path) -> Path:
         rows = pd.read_parquet(demo.data_dir / "transactions.parquet").head(40)
         rows[[*REQUEST_FIELDS, "event_timestamp"]].to_parquet(path, index=False)
     return path
-
-
-def _lines(proc: subprocess.Popen[str]) -> queue.Queue[str | None]:
-    lines: queue.Queue[str | None] = queue.Queue()
-
-    def read() -> None:
-        for line in proc.stdout or []:
-            lines.put(line)
-        lines.put(None)
-
-    threading.Thread(target=read, daemon=True).start()
-    return lines
 
 
 def _results(lines: queue.Queue[str | None], count: int, proc: subprocess.Popen[str]) -> dict[str, dict[str, Any]]:
