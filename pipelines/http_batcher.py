@@ -1,19 +1,19 @@
 """Micro-batching of HTTP requests into the scoring core.
 
-Callers ``await submit(request)``; one collector task takes the first waiting request, then
-keeps collecting until ``limits.max_batch_size`` requests are in hand or
-``limits.max_batch_wait_ms`` have passed since that first request *arrived* (so time spent
-queued behind a busy scorer counts, and a loaded server adds no wait), scores the batch in
-one worker thread (the core is synchronous; the event loop stays free to accept and answer),
-hands the results to ``on_scored`` in that thread (inference rows, batch metrics), and resolves
+Callers ``await submit(request)``; one collector task takes the first waiting request and,
+without waiting, every request queued behind it (what arrived while the previous batch was
+scored), up to ``limits.max_batch_size``, while passes of the event loop bring more, for at most
+``limits.max_batch_wait_ms`` (an upper bound, never a delay): an idle server scores a lone
+request at once, a busy one scores full batches, and no delay needs tuning. It scores the
+batch in one worker thread (the core is synchronous; the event loop stays free to accept and
+answer), hands the results to ``on_scored`` in that thread (inference rows, batch metrics), and resolves
 every caller's future. A failure of a real component (``ComponentError`` out of the core) fails
 every caller of the batch with :class:`~lakeserve.errors.ServiceUnavailable`; the next batch is tried afresh.
 
 Bounded work: at most ``max_queued`` requests are in the batcher at once (submitted and not yet
 answered or given up); one more is refused at once with :class:`~lakeserve.errors.Overloaded`.
 A request whose caller gave up (cancelled) or whose ``limits.timeout_s`` passed before its batch
-is scored is dropped, never scored (nor logged); ``on_dropped`` is told how many. Collecting stops
-at the first request's deadline at the latest, so an expired batch is dropped without delay.
+is scored is dropped, never scored (nor logged); ``on_dropped`` is told how many.
 """
 
 from __future__ import annotations
@@ -102,23 +102,25 @@ class MicroBatcher:
                 return
 
     async def _collect(self, first: _Pending) -> tuple[list[_Pending], bool]:
+        """``first`` and what is queued behind it, without waiting: passes of the event loop let
+        requests whose handlers are about to submit join, while each pass brings new ones, for
+        at most ``max_batch_wait_ms``."""
         batch = [first]
-        wait_s = min(self._limits.max_batch_wait_ms / 1000, self._limits.timeout_s)
-        deadline = first.arrived + wait_s
+        deadline = time.monotonic() + self._limits.max_batch_wait_ms / 1000
+        passes = 0
         while len(batch) < self._limits.max_batch_size:
-            try:
-                item = self._queue.get_nowait()
-            except asyncio.QueueEmpty:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
+            before, passes = len(batch), passes + 1
+            while len(batch) < self._limits.max_batch_size:
                 try:
-                    item = await asyncio.wait_for(self._queue.get(), remaining)
-                except TimeoutError:
+                    item = self._queue.get_nowait()
+                except asyncio.QueueEmpty:
                     break
-            if item is None:
-                return batch, True
-            batch.append(item)
+                if item is None:
+                    return batch, True
+                batch.append(item)
+            if (passes > 1 and len(batch) == before) or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0)
         return batch, False
 
     async def _score_batch(self, batch: list[_Pending]) -> None:

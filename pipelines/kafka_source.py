@@ -1,7 +1,11 @@
 """The Kafka request source: a consumer group on the requests topic, read in micro-batches.
 
-A micro-batch is bounded by ``limits.max_batch_size`` records and ``limits.max_batch_wait_ms``
-of waiting once the first record is in hand. Offsets are never committed automatically: the
+Micro-batches are adaptive: a poll waits for the first record, then takes what is already
+fetched or arrives back to back (polls that do not wait), up to ``limits.max_batch_size``
+records, and stops collecting when such a poll comes back empty or ``limits.max_batch_wait_ms``
+has passed since the first record (an upper bound, never a delay). So an idle worker scores a
+lone record at once, and a busy one scores in one batch what queued while the previous batch
+ran: batches grow with the load, with no setting to tune. Offsets are never committed automatically: the
 delivery loop (:mod:`lakeserve.pipelines.delivery_loop`) commits them once the batch's inference
 rows are in Delta. Request ids are derived from (group, topic, partition, offset), so a record
 replayed after a crash keeps its id and a consumer of the answers can drop duplicates.
@@ -137,29 +141,27 @@ class KafkaRequestSource:
 
     # -- reading ---------------------------------------------------------------------------
     def poll(self) -> list[ScoringRequest]:
-        """Records until the batch is full or ``max_batch_wait_ms`` passed since the first one."""
+        """The first record (waiting up to 100 ms for it), then what is at hand without waiting."""
         from kafka.errors import CorruptRecordError
 
         if self.metrics is not None:
             self.metrics.consumer_lag(self.lag())
         self._resume_all()
         batch: list[ScoringRequest] = []
-        deadline: float | None = None
-        while len(batch) < self.limits.max_batch_size:
-            wait_ms = 100 if deadline is None else int(max(0.0, deadline - time.monotonic()) * 1000)
+        limit, wait_ms = self.limits.max_batch_size, 100
+        deadline = float("inf")
+        while len(batch) < limit and time.monotonic() < deadline:
             try:
-                records = self.consumer.poll(timeout_ms=wait_ms, max_records=self.limits.max_batch_size - len(batch))
+                records = self.consumer.poll(timeout_ms=wait_ms, max_records=limit - len(batch))
             except CorruptRecordError as exc:
                 batch.extend(self._undecodable(exc))
                 break
+            if not records:
+                break
             for tp, messages in records.items():
                 batch.extend(self._request(tp.topic, tp.partition, m) for m in messages)
-            if not batch:
-                return batch
-            if deadline is None:
-                deadline = time.monotonic() + self.limits.max_batch_wait_ms / 1000
-            if time.monotonic() >= deadline:
-                break
+            if wait_ms:
+                wait_ms, deadline = 0, time.monotonic() + self.limits.max_batch_wait_ms / 1000
         return batch
 
     def idle(self, seconds: float) -> None:

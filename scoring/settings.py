@@ -124,8 +124,14 @@ class Limits(_Section):
         description="an answer larger than this is replaced by a 500 MAX_RESPONSE_SIZE_EXCEEDED answer",
     )
     timeout_s: float = Field(default=60.0, gt=0)
-    max_batch_size: int = Field(default=256, ge=1, le=100_000)
-    max_batch_wait_ms: int = Field(default=20, ge=0, le=60_000)
+    max_batch_size: int = Field(default=256, ge=1, le=100_000, description="the most requests in one micro-batch")
+    max_batch_wait_ms: int = Field(
+        default=20,
+        ge=0,
+        le=60_000,
+        description="the longest a micro-batch keeps taking requests that arrive back to back after its "
+        "first one; an upper bound, never a delay: a batch never waits for company",
+    )
 
 
 class EndpointSettings(_Section):

@@ -4,7 +4,8 @@
 negative ``amount``, the way a user's model raises on input it was never meant to see;
 ``StallingModel`` hangs and ``CrashingModel`` kills its process on one marked amount;
 ``ThresholdModel`` takes a ``threshold`` param (log it with :data:`THRESHOLD_PARAMS` in its
-signature) that decides ``prediction`` from the probability; ``DeviceReportingModel`` answers
+signature) that decides ``prediction`` from the probability; ``SlowModel`` takes a ``sleep_s``
+param (:data:`SLOW_PARAMS`) and holds its caller that long, a slow model call; ``DeviceReportingModel`` answers
 with the device its ``model_config`` told it and its process's ``CUDA_VISIBLE_DEVICES``.
 """
 
@@ -39,6 +40,17 @@ class ThresholdModel(GuardedModel):
         out = super().predict(context, model_input, params)
         threshold = float((params or {}).get("threshold", THRESHOLD_PARAMS["threshold"]))
         return out.assign(prediction=(out["probability"] >= threshold).astype("int64"))
+
+
+SLOW_PARAMS: dict[str, Any] = {"sleep_s": 0.0}
+
+
+class SlowModel(GuardedModel):
+    """Sleeps ``sleep_s`` seconds (a param, 0 unless sent) before scoring: keeps its scorer busy."""
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        threading.Event().wait(float((params or {}).get("sleep_s", 0.0)))
+        return super().predict(context, model_input, params)
 
 
 class StallingModel(GuardedModel):

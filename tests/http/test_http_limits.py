@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pandas as pd
 import pytest
-from http_helpers import Server, http_settings_for, metric, post, serving, wait_until
+from http_helpers import Server, http_settings_for, metric, post, serving, table_rows, wait_until
+from registered_models import GOOD, register_model
 
 from lakeserve.jobs.demo_data import request_bodies
 from lakeserve.pipelines.auth import token_digest
 from lakeserve.pipelines.http_settings import HttpSettings, RateLimit
 from lakeserve.pipelines.rate_limit import RateLimiter
-from lakeserve.scoring.settings import Limits
+from lakeserve.scoring.settings import Limits, Route, ServedEntity, TrafficConfig
+from lakeserve.scoring.testing_models import SLOW_PARAMS, SlowModel
 from lakeserve.settings import Settings
 
 SLOW_TOKEN, FAST_TOKEN = "token-with-the-default-limit", "token-with-a-higher-limit"
@@ -26,54 +29,88 @@ def body(demo_assets: object) -> bytes:
     return request_bodies(pd.read_parquet(demo_assets.data_dir / "customers.parquet"), 1)[0]  # type: ignore[attr-defined]
 
 
+@pytest.fixture(scope="module")
+def slow_model(stack: Settings, demo_assets: object) -> str:
+    """``SlowModel``: a request with ``params: {"sleep_s": s}`` keeps the scorer busy ``s`` seconds."""
+    return register_model(stack, SlowModel(), "slow-http", params=SLOW_PARAMS)
+
+
+def slow_server(stack: Settings, slow_model: str, name: str, limits: Limits, **http: Any) -> Any:
+    entity = ServedEntity(name="slow", entity_name="slow-http", entity_version=slow_model)
+    routes = TrafficConfig(routes=[Route(served_model_name="slow", traffic_percentage=100)])
+    settings = http_settings_for(stack, name, http=http, served_entities=[entity], traffic_config=routes, limits=limits)
+    return serving(settings)
+
+
+def sleeping(seconds: float) -> dict[str, Any]:
+    return {"dataframe_records": [GOOD], "params": {"sleep_s": seconds}}
+
+
 @pytest.fixture
-def tiny_queue(stack: Settings, demo_assets: object) -> Iterator[Server]:
-    """Two requests fill the queue; a batch waits for 100 requests, at most until the first one's
-    deadline (5 s): so the first two stay queued while the test knocks."""
-    limits = Limits(timeout_s=5, max_batch_size=100, max_batch_wait_ms=60_000)
-    with serving(http_settings_for(stack, "rest-queue", http={"max_queued": 2}, limits=limits)) as server:
+def tiny_queue(stack: Settings, slow_model: str) -> Iterator[Server]:
+    """Two requests fill the queue (``http.max_queued``); the first keeps the scorer busy 3 s."""
+    with slow_server(stack, slow_model, "rest-queue", Limits(timeout_s=10), max_queued=2) as server:
         yield server
 
 
-def test_a_full_queue_answers_503_with_retry_after(tiny_queue: Server, body: bytes) -> None:
+def test_a_full_queue_answers_503_with_retry_after(tiny_queue: Server) -> None:
     held: dict[str, httpx.Response] = {}
 
-    def send(name: str) -> None:
+    def send(name: str, body: dict[str, Any]) -> None:
         held[name] = post(tiny_queue, body)
 
-    first = threading.Thread(target=send, args=("first",))
+    first = threading.Thread(target=send, args=("first", sleeping(3)))
     first.start()
     wait_until(lambda: metric(tiny_queue, "lakeserve_http_queued") == 1, 30, "the first request is not queued")
-    second = threading.Thread(target=send, args=("second",))
+    second = threading.Thread(target=send, args=("second", sleeping(0)))
     second.start()
     wait_until(lambda: metric(tiny_queue, "lakeserve_http_queued") == 2, 30, "the second request is not queued")
-    refused = post(tiny_queue, body)
+    refused = post(tiny_queue, sleeping(0))
     assert refused.status_code == 503, refused.text
     assert refused.json()["error_code"] == "TEMPORARILY_UNAVAILABLE"
     assert refused.headers["retry-after"] == "1"
     assert refused.json()["request_id"] == refused.headers["x-request-id"]
     first.join(60)
     second.join(60)
-    assert held["first"].status_code == 504  # its deadline passed while it waited for a full batch
-    assert held["second"].status_code in (200, 504)  # scored or not, depending on a few microseconds
+    assert held["first"].status_code == 200, held["first"].text  # scored in its 3 s
+    assert held["second"].status_code == 200, held["second"].text  # queued behind it, then scored
     wait_until(lambda: metric(tiny_queue, "lakeserve_http_queued") == 0, 30, "the queue did not empty")
 
 
 @pytest.fixture
-def expiring(stack: Settings, demo_assets: object) -> Iterator[Server]:
-    """Every request's deadline (1 ms) passes while it waits for its batch (up to 20 ms)."""
-    limits = Limits(timeout_s=0.001, max_batch_wait_ms=20)
-    with serving(http_settings_for(stack, "rest-expiring", limits=limits)) as server:
+def expiring(stack: Settings, slow_model: str) -> Iterator[Server]:
+    """A deadline of 0.5 s and a first request whose model call takes 2 s."""
+    with slow_server(stack, slow_model, "rest-expiring", Limits(timeout_s=0.5)) as server:
         yield server
 
 
-def test_a_request_past_its_deadline_is_answered_504_and_never_scored(expiring: Server, body: bytes) -> None:
-    answers = [post(expiring, body) for _ in range(3)]
-    assert [a.status_code for a in answers] == [504, 504, 504]
-    assert all(a.json()["error_code"] == "TIMEOUT" for a in answers)
-    wait_until(lambda: metric(expiring, "lakeserve_requests_dropped_total") == 3, 30, "the requests were not dropped")
-    assert metric(expiring, "lakeserve_batch_size_requests_count") == 0  # no batch was scored
-    assert metric(expiring, "lakeserve_inference_rows_logged_total") == 0  # and no row logged
+def test_requests_past_their_deadline_are_answered_504_and_none_is_lost(expiring: Server) -> None:
+    """The slow call is given up at its deadline (504); the requests queued behind it are either
+    dropped unscored (their caller was answered 504 at the deadline) or scored past it and logged
+    as 504: each is one or the other (tests/http/test_http_batcher.py pins which, deterministically)."""
+    answers: dict[int, httpx.Response] = {}
+
+    def send(i: int, body: dict[str, Any]) -> None:
+        answers[i] = post(expiring, body)
+
+    busy = threading.Thread(target=send, args=(0, sleeping(2)))
+    busy.start()
+    wait_until(lambda: metric(expiring, "lakeserve_http_queued") == 1, 30, "the slow request is not queued")
+    behind = [threading.Thread(target=send, args=(i, sleeping(0))) for i in (1, 2, 3)]
+    for t in behind:
+        t.start()
+    for t in [busy, *behind]:
+        t.join(60)
+    assert [answers[i].status_code for i in range(4)] == [504] * 4
+    assert all(answers[i].json()["error_code"] == "TIMEOUT" for i in range(4))
+
+    def accounted() -> bool:
+        dropped = metric(expiring, "lakeserve_requests_dropped_total")
+        return dropped + metric(expiring, "lakeserve_inference_rows_logged_total") == 4
+
+    wait_until(accounted, 30, "a request was neither logged nor counted as dropped")
+    rows = table_rows(expiring.settings)
+    assert set(rows["status_code"]) == {504}, rows
 
 
 @pytest.fixture(scope="module")
