@@ -137,6 +137,21 @@ def wait_for_group(kafka: KafkaSettings, members: int, timeout_s: float = 180.0)
 # -- load generation and measurement ----------------------------------------------------------------
 
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pids: Sequence[int]) -> float:
+    """User + system CPU seconds of these processes so far (/proc/<pid>/stat), gone ones counted 0."""
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime (fields 14 and 15)
+    return total
+
+
 @dataclass
 class Arrival:
     at: float  # perf_counter when the answer was read
@@ -288,10 +303,15 @@ class Throughput:
     duplicates: int = 0
     note: str = ""
     nudges: int = 0  # group rebalances the warm-up had to force (see warm_up)
+    cpu_s: float = 0.0  # CPU seconds of the system's own processes during the run (not the broker's)
 
     @property
     def rate(self) -> float:
         return self.answered / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def cpu_ms_per_request(self) -> float:
+        return 1000 * self.cpu_s / self.answered if self.answered else 0.0
 
 
 def measure(
@@ -301,17 +321,22 @@ def measure(
     bodies: Sequence[bytes],
     prefix: str,
     timeout_s: float,
+    pids: Callable[[], Sequence[int]] = list,
 ) -> Throughput:
-    """First request produced → last answer read, for ``bodies`` produced as fast as possible."""
+    """First request produced → last answer read, for ``bodies`` produced as fast as possible;
+    with the CPU time the processes ``pids()`` spent meanwhile."""
     keys = keys_of(prefix, len(bodies))
     before = collector.duplicates
+    processes = list(pids())
+    cpu_before = cpu_seconds(processes)
     sent = produce(kafka, bodies, keys)
     answered = collector.wait_for(keys, timeout_s)
+    cpu = cpu_seconds(processes) - cpu_before
     arrivals = [a for k in keys if (a := collector.get(k)) is not None]
     end = max((a.at for a in arrivals), default=time.perf_counter())
     errors = sum(a.status not in (None, "200") for a in arrivals)
     seconds = end - min(sent.values())
-    return Throughput(system, len(bodies), answered, seconds, errors, collector.duplicates - before)
+    return Throughput(system, len(bodies), answered, seconds, errors, collector.duplicates - before, cpu_s=cpu)
 
 
 def warm_up(kafka: KafkaSettings, collector: AnswerCollector, bodies: Sequence[bytes], tries: int = 4) -> int:
@@ -452,13 +477,13 @@ def lakeserve_main(stats_dir: Path, profile_from: Any, settings: Settings, link:
 
 
 @contextlib.contextmanager
-def child(target: Callable[..., None], *args: Any) -> Iterator[None]:
+def child(target: Callable[..., None], *args: Any) -> Iterator[Any]:
     """A process running ``target(*args, stop)``; stopped (then killed) on the way out."""
     stop = SPAWN.Event()
     proc = SPAWN.Process(target=target, args=(*args, stop), name=getattr(target, "__name__", "child"))
     proc.start()
     try:
-        yield
+        yield proc
     finally:
         stop.set()
         proc.join(60)
@@ -468,7 +493,7 @@ def child(target: Callable[..., None], *args: Any) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def lakeserve_workers(settings: Settings, count: int, stats_dir: Path, profile_from: Any = None) -> Iterator[None]:
+def lakeserve_workers(settings: Settings, count: int, stats_dir: Path, profile_from: Any = None) -> Iterator[Any]:
     """``Supervisor`` (what ``lakeserve serve --workers N`` runs) with our worker entry point."""
     from lakeserve.pipelines.supervisor import Supervisor
 
@@ -480,7 +505,7 @@ def lakeserve_workers(settings: Settings, count: int, stats_dir: Path, profile_f
     thread.start()
     try:
         supervisor.wait_ready()  # every worker holds partitions
-        yield
+        yield supervisor
     finally:
         stopped.set()
         thread.join(90)
@@ -509,6 +534,7 @@ class Run:
     args: argparse.Namespace
     throughputs: list[Throughput] = field(default_factory=list)
     latencies: list[Latency] = field(default_factory=list)
+    floor_latencies: list[Latency] = field(default_factory=list)  # the echo, paced at the same rates
     worker_stats: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
     profile: str = ""
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:6])  # topics, groups, tables of this run
@@ -518,12 +544,15 @@ def floor_phase(run: Run, bodies: Sequence[bytes]) -> None:
     s = topics_for(run.settings, f"floor-{run.run_id}")
     collector = AnswerCollector(s.kafka)
     try:
-        with child(echo_main, s.kafka, s.endpoint.limits.max_batch_size):
+        with child(echo_main, s.kafka, s.endpoint.limits.max_batch_size) as proc:
             wait_for_group(s.kafka, 1)
             nudges = warm_up(s.kafka, collector, request_bodies(run.customers, 50, seed=5, prefix="warm"))
-            result = measure("floor: kafka-python echo", s.kafka, collector, bodies, "tput", TIMEOUT_S)
+            result = measure("floor: kafka-python echo", s.kafka, collector, bodies, "tput", TIMEOUT_S,
+                             pids=lambda: [proc.pid])  # fmt: skip
             result.nudges = nudges
             run.throughputs.append(result)
+            for rate in run.args.rates:
+                run.floor_latencies.append(paced(run, s, collector, rate)[0])
     finally:
         collector.close()
 
@@ -532,11 +561,11 @@ def naive_phase(run: Run, bodies: Sequence[bytes]) -> None:
     s = topics_for(run.settings, f"naive-{run.run_id}")
     collector = AnswerCollector(s.kafka)
     try:
-        with child(naive_main, s):
+        with child(naive_main, s) as proc:
             wait_for_group(s.kafka, 1)
             nudges = warm_up(s.kafka, collector, request_bodies(run.customers, 5, seed=5, prefix="warm"))
             timeout = max(TIMEOUT_S, len(bodies))
-            result = measure("naive scorer", s.kafka, collector, bodies, "tput", timeout)
+            result = measure("naive scorer", s.kafka, collector, bodies, "tput", timeout, pids=lambda: [proc.pid])
             result.nudges = nudges
             run.throughputs.append(result)
     finally:
@@ -549,10 +578,11 @@ def lakeserve_phase(run: Run, bodies: Sequence[bytes], workers: int, with_rates:
     watcher = DeltaWatcher(s.inference_table_uri)
     stats_dir = s.stack.state_dir / f"stats-{workers}-{run.run_id}"
     try:
-        with lakeserve_workers(s, workers, stats_dir):
+        with lakeserve_workers(s, workers, stats_dir) as supervisor:
             wait_for_group(s.kafka, workers)
             nudges = warm_up(s.kafka, collector, request_bodies(run.customers, 200, seed=5, prefix="warm"))
-            result = measure(f"lakeserve, {workers} worker(s)", s.kafka, collector, bodies, "tput", TIMEOUT_S)
+            result = measure(f"lakeserve, {workers} worker(s)", s.kafka, collector, bodies, "tput", TIMEOUT_S,
+                             pids=supervisor.pids)  # fmt: skip
             result.note = verify_rows(s.inference_table_uri, "tput-", len(bodies))
             result.nudges = nudges
             run.throughputs.append(result)
@@ -565,21 +595,30 @@ def lakeserve_phase(run: Run, bodies: Sequence[bytes], workers: int, with_rates:
     run.worker_stats[workers] = [json.loads(p.read_text()) for p in sorted(stats_dir.glob("stats-*.json"))]
 
 
-def rate_phase(run: Run, s: Settings, collector: AnswerCollector, watcher: DeltaWatcher, rate: int) -> Latency:
+def paced(run: Run, s: Settings, collector: AnswerCollector, rate: int) -> tuple[Latency, dict[bytes, float]]:
+    """``rate`` requests/s for ``--duration-s``: end-to-end latency, and when each key was sent."""
     n = int(rate * run.args.duration_s)
     prefix = f"r{rate}"
     keys = keys_of(prefix, n)
     sent = produce(s.kafka, request_bodies(run.customers, n, seed=rate, prefix=prefix), keys, rate=rate)
     answered = collector.wait_for(keys, 120)
+    e2e = [(a.at - sent[k]) * 1000 for k in keys if (a := collector.get(k)) is not None]
+    achieved = (n - 1) / (max(sent.values()) - min(sent.values())) if n > 1 else 0.0
+    return Latency(rate, n, answered, achieved, e2e, [], [], [], 0), sent
+
+
+def rate_phase(run: Run, s: Settings, collector: AnswerCollector, watcher: DeltaWatcher, rate: int) -> Latency:
+    """:func:`paced`, then the model and in-worker times from the table and the Delta visibility."""
+    lat, sent = paced(run, s, collector, rate)
     flush_s = s.tables.flush_interval_ms / 1000
     deadline = time.monotonic() + 30 + 3 * flush_s
-    while sum(k.decode() in watcher.visible for k in keys) < n and time.monotonic() < deadline:
+    while sum(k.decode() in watcher.visible for k in sent) < lat.requests and time.monotonic() < deadline:
         time.sleep(0.1)
-    e2e = [(a.at - sent[k]) * 1000 for k in keys if (a := collector.get(k)) is not None]
-    visible = [(watcher.visible[k.decode()] - sent[k]) * 1000 for k in keys if k.decode() in watcher.visible]
-    model, scoring = table_times(s.inference_table_uri, f"{prefix}-")
-    achieved = (n - 1) / (max(sent.values()) - min(sent.values())) if n > 1 else 0.0
-    return Latency(rate, n, answered, achieved, e2e, model, scoring, visible, len(visible))
+    seen = watcher.visible
+    lat.visible_ms = [(seen[k.decode()] - t) * 1000 for k, t in sent.items() if k.decode() in seen]
+    lat.visible_count = len(lat.visible_ms)
+    lat.model_ms, lat.scoring_ms = table_times(s.inference_table_uri, f"r{rate}-")
+    return lat
 
 
 def table_times(uri: str, prefix: str) -> tuple[list[float], list[float]]:
@@ -672,18 +711,20 @@ def pct(values: Sequence[float], q: float) -> str:
 
 
 def throughput_table(run: Run) -> str:
-    floor = next((t.rate for t in run.throughputs if t.system.startswith("floor")), 0.0)
+    floor = next((t for t in run.throughputs if t.system.startswith("floor")), None)
     naive = next((t.rate for t in run.throughputs if t.system.startswith("naive")), 0.0)
     lines = [
-        "| system | requests | answered | seconds | msg/s | x floor | x naive | errors | dup answers |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| system | requests | answered | seconds | msg/s | x floor | x naive | CPU ms/request | CPU x floor "
+        "| errors | dup answers |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for t in run.throughputs:
-        x_floor = f"{t.rate / floor:.2f}" if floor else "-"
+        x_floor = f"{t.rate / floor.rate:.2f}" if floor and floor.rate else "-"
         x_naive = f"{t.rate / naive:.1f}" if naive else "-"
+        x_cpu = f"{t.cpu_ms_per_request / floor.cpu_ms_per_request:.1f}" if floor and floor.cpu_s else "-"
         lines.append(
             f"| {t.system} | {t.requests} | {t.answered} | {t.seconds:.2f} | {t.rate:,.0f} | {x_floor} | {x_naive} "
-            f"| {t.errors} | {t.duplicates} |"
+            f"| {t.cpu_ms_per_request:.3f} | {x_cpu} | {t.errors} | {t.duplicates} |"
         )
     lines += [f"- {t.system}: {t.note}" for t in run.throughputs if t.note]
     lines += [
@@ -691,15 +732,46 @@ def throughput_table(run: Run) -> str:
         for t in run.throughputs
         if t.nudges
     ]
+    if floor is None or not floor.rate:
+        return "\n".join(lines)
     for t in run.throughputs:
-        if t.system.startswith("lakeserve"):
-            met_floor = floor and t.rate >= 0.5 * floor
-            met_naive = naive and t.rate >= 10 * naive
-            lines.append(
-                f"- aims for {t.system}: >= 0.5 x floor {'MET' if met_floor else 'NOT MET'} "
-                f"({t.rate / floor if floor else 0:.2f}), >= 10 x naive {'MET' if met_naive else 'NOT MET'} "
-                f"({t.rate / naive if naive else 0:.1f})"
-            )
+        if not t.system.startswith("lakeserve"):
+            continue
+        workers = int(t.system.split(", ")[1].split()[0])
+        aim = 0.8 if workers == 1 else 1.0
+        ratio, cpu = t.rate / floor.rate, t.cpu_ms_per_request / floor.cpu_ms_per_request if floor.cpu_s else 0.0
+        lines.append(
+            f"- aims for {t.system}: >= {aim} x floor {met(ratio >= aim)} ({ratio:.2f}); "
+            f"CPU per request <= 3 x floor {met(0 < cpu <= 3)} ({cpu:.1f}); >= 10 x naive "
+            f"{met(bool(naive) and t.rate >= 10 * naive)} ({t.rate / naive if naive else 0:.1f})"
+        )
+    return "\n".join(lines)
+
+
+def met(ok: bool) -> str:
+    return "MET" if ok else "NOT MET"
+
+
+def overhead_table(run: Run) -> str:
+    """lakeserve's e2e minus the echo's e2e minus the model time, at p50 and p99, per rate."""
+    lines = [
+        "| req/s | floor e2e p50 / p99 ms | lakeserve e2e p50 / p99 ms | model p50 / p99 ms "
+        "| overhead p50 ms | overhead p99 ms | aim: overhead p99 <= 20 ms |",
+        "|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    floors = {lat.rate: lat for lat in run.floor_latencies}
+    for lat in run.latencies:
+        floor = floors.get(lat.rate)
+        if floor is None or not lat.e2e_ms or not floor.e2e_ms or not lat.model_ms:
+            continue
+        p = {q: float(np.percentile(lat.e2e_ms, q)) for q in (50, 99)}
+        f = {q: float(np.percentile(floor.e2e_ms, q)) for q in (50, 99)}
+        m = {q: float(np.percentile(lat.model_ms, q)) for q in (50, 99)}
+        over = {q: p[q] - f[q] - m[q] for q in (50, 99)}
+        lines.append(
+            f"| {lat.rate} | {f[50]:.0f} / {f[99]:.0f} | {p[50]:.0f} / {p[99]:.0f} | {m[50]:.1f} / {m[99]:.1f} "
+            f"| {over[50]:.0f} | {over[99]:.0f} | {met(over[99] <= 20)} |"
+        )
     return "\n".join(lines)
 
 
@@ -751,6 +823,9 @@ def report(run: Run) -> str:
         f"lakeserve ({a.workers[0]} worker(s)) at a steady rate (e2e = answer read - request produced; model = "
         "execution_time_ms; in-worker = latency_ms, poll to scored; Delta visible = row readable - request produced):",
         latency_table(run),
+        "",
+        "Overhead over the floor (the echo paced at the same rates, same run): lakeserve e2e - echo e2e - model:",
+        overhead_table(run),
     ]
     if run.profile:
         parts += ["", "Where one worker's loop spends its time (cProfile, separate run):", run.profile]
