@@ -799,8 +799,7 @@ def stats_lines(run: Run) -> str:
             batches = max(1, int(st.get("batches", 0)))
             out.append(
                 f"- lakeserve {workers} worker(s), one worker's loop: {st.get('requests')} requests in "
-                f"{st.get('batches')} micro-batches (mean {int(st.get('requests', 0)) / batches:.1f}), "
-                f"{st.get('flushes')} Delta flushes, {st.get('rows_logged')} rows logged"
+                f"{st.get('batches')} micro-batches (mean {int(st.get('requests', 0)) / batches:.1f})"
             )
     return "\n".join(out)
 

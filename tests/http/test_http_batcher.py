@@ -76,8 +76,7 @@ def test_what_queues_while_a_batch_is_scored_is_the_next_batch_up_to_the_size_bo
         first = asyncio.create_task(batcher.submit(request("busy", b"hold")))
         await wait_for(scorer.holding)
         behind = [asyncio.create_task(batcher.submit(request(f"q{i}"))) for i in range(5)]
-        while batcher.queued < 6:
-            await asyncio.sleep(0)
+        await asyncio.wait_for(until(lambda: batcher.queued == 6), 20)
         scorer.release.set()
         results = await asyncio.gather(first, *behind)
         assert [r.status_code for r in results] == [200] * 6
@@ -95,8 +94,7 @@ def test_requests_past_their_deadline_or_given_up_while_queued_are_never_scored(
         await wait_for(scorer.holding)
         late = [asyncio.create_task(batcher.submit(request(f"late{i}"))) for i in range(2)]
         gone = asyncio.create_task(batcher.submit(request("gone")))
-        while batcher.queued < 4:
-            await asyncio.sleep(0)
+        await asyncio.wait_for(until(lambda: batcher.queued == 4), 20)
         gone.cancel()  # its caller gave up
         await asyncio.sleep(0.3)  # the queued requests' 0.2 s deadline passes while the scorer is busy
         scorer.release.set()
