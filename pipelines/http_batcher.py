@@ -23,7 +23,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from lakeserve.errors import Overloaded, ServiceUnavailable
 from lakeserve.scoring.records import RequestResult, ScoringRequest
@@ -40,7 +40,7 @@ OnDropped = Callable[[int], None]  # how many requests of a batch were dropped u
 class _Pending:
     request: ScoringRequest
     future: asyncio.Future[RequestResult]
-    arrived: float = field(default_factory=time.monotonic)
+    arrived: float  # the batcher's clock when it was submitted
 
     def expired(self, now: float, timeout_s: float) -> bool:
         return self.future.done() or now >= self.arrived + timeout_s
@@ -57,7 +57,9 @@ class MicroBatcher:
         *,
         max_queued: int = 1024,
         on_dropped: OnDropped = lambda _: None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self._clock = clock  # monotonic seconds: arrivals, deadlines, the collecting bound
         self._score, self._limits, self._on_scored, self._on_dropped = score, limits, on_scored, on_dropped
         self._max_queued, self._in = max_queued, 0
         self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
@@ -86,7 +88,7 @@ class MicroBatcher:
         future: asyncio.Future[RequestResult] = asyncio.get_running_loop().create_future()
         self._in += 1
         try:
-            self._queue.put_nowait(_Pending(request, future))
+            self._queue.put_nowait(_Pending(request, future, self._clock()))
             return await future
         finally:
             self._in -= 1
@@ -106,7 +108,7 @@ class MicroBatcher:
         requests whose handlers are about to submit join, while each pass brings new ones, for
         at most ``max_batch_wait_ms``."""
         batch = [first]
-        deadline = time.monotonic() + self._limits.max_batch_wait_ms / 1000
+        deadline = self._clock() + self._limits.max_batch_wait_ms / 1000
         passes = 0
         while len(batch) < self._limits.max_batch_size:
             before, passes = len(batch), passes + 1
@@ -118,13 +120,13 @@ class MicroBatcher:
                 if item is None:
                     return batch, True
                 batch.append(item)
-            if (passes > 1 and len(batch) == before) or time.monotonic() >= deadline:
+            if (passes > 1 and len(batch) == before) or self._clock() >= deadline:
                 break
             await asyncio.sleep(0)
         return batch, False
 
     async def _score_batch(self, batch: list[_Pending]) -> None:
-        now = time.monotonic()
+        now = self._clock()
         live = [p for p in batch if not p.expired(now, self._limits.timeout_s)]
         if len(live) < len(batch):
             self._on_dropped(len(batch) - len(live))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
@@ -45,11 +46,11 @@ async def until(condition: Callable[[], bool]) -> None:
         await asyncio.sleep(0.01)
 
 
-def run(limits: Limits, scenario: object) -> HeldScorer:
+def run(limits: Limits, scenario: object, clock: Callable[[], float] = time.monotonic) -> HeldScorer:
     scorer = HeldScorer()
 
     async def main() -> None:
-        batcher = MicroBatcher(scorer, limits)
+        batcher = MicroBatcher(scorer, limits, clock=clock)
         batcher.start()
         try:
             await scenario(batcher, scorer)  # type: ignore[operator]
@@ -87,6 +88,7 @@ def test_what_queues_while_a_batch_is_scored_is_the_next_batch_up_to_the_size_bo
 
 def test_requests_past_their_deadline_or_given_up_while_queued_are_never_scored() -> None:
     dropped: list[int] = []
+    now = [0.0]
 
     async def scenario(batcher: MicroBatcher, scorer: HeldScorer) -> None:
         batcher._on_dropped = dropped.append
@@ -96,7 +98,7 @@ def test_requests_past_their_deadline_or_given_up_while_queued_are_never_scored(
         gone = asyncio.create_task(batcher.submit(request("gone")))
         await asyncio.wait_for(until(lambda: batcher.queued == 4), 20)
         gone.cancel()  # its caller gave up
-        await asyncio.sleep(0.3)  # the queued requests' 0.2 s deadline passes while the scorer is busy
+        now[0] += 0.3  # the queued requests' 0.2 s deadline passes while the scorer is busy
         scorer.release.set()
         await first
         await asyncio.wait_for(until(lambda: bool(dropped)), 20)
@@ -104,6 +106,6 @@ def test_requests_past_their_deadline_or_given_up_while_queued_are_never_scored(
         for t in late:
             t.cancel()
 
-    scorer = run(Limits(timeout_s=0.2, max_batch_size=10), scenario)
+    scorer = run(Limits(timeout_s=0.2, max_batch_size=10), scenario, clock=lambda: now[0])
     assert scorer.batches == [["busy"]]
     assert dropped == [3]
