@@ -250,12 +250,15 @@ def _demo(settings: Settings, args: argparse.Namespace) -> int:
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
     from lakeserve.pipelines.http import new_metrics
     from lakeserve.pipelines.metrics_server import MetricsServer
+    from lakeserve.pipelines.stop_deadline import exit_when_stop_hangs, serve_stop_timeout_s
     from lakeserve.pipelines.supervisor import Supervisor
     from lakeserve.scoring.devices import hide_gpus_unless_needed
 
     if args.workers < (0 if args.http else 1):
         raise ConfigError(f"--workers must be at least {0 if args.http else 1}, got {args.workers}")
     stopped = _stop_on_signals()
+    # the bound a deployment's grace period is sized by (lakeserve deploy k8s): past it, exit status 1
+    exit_when_stop_hangs(stopped, serve_stop_timeout_s(settings, args.workers, args.http), "lakeserve serve")
     hide_gpus_unless_needed(settings.endpoint.served_entities)  # CPU entities only: no GPU for anything here
     exporting = settings.metrics.enabled and args.workers > 0
     # one registry: the workers report into it; the metrics endpoint and the REST server both read it
