@@ -162,6 +162,36 @@ def build_parser() -> argparse.ArgumentParser:
         "run the configured jobs on their cron expressions until Ctrl-C (or SIGTERM)",
         [(["--run-now"], {"action": "store_true", "help": "also run every configured job once at start"})],
     ).set_defaults(job="schedule")
+    deploy = sub.add_parser("deploy", help="render deployment manifests from the settings").add_subparsers(
+        title="deploy commands", metavar="COMMAND"
+    )
+    _add(
+        deploy,
+        "k8s",
+        _deploy_k8s,
+        "Kubernetes manifests (docs/deploy.md): the settings as a ConfigMap and a Secret, the Kafka workers' "
+        "Deployment scaled on the consumer lag (KEDA or an HPA), the REST Deployment and Service",
+        [
+            (["--image"], {"required": True, "help": "container image with lakeserve installed"}),
+            (["--out"], {"type": Path, "default": None, "help": "write one file per object here (default: stdout)"}),
+            (["--name"], {"default": None, "help": "prefix of the objects' names (default: endpoint.name)"}),
+            (["--namespace"], {"default": None, "help": "the objects' namespace (default: kubectl's)"}),
+            (["--workers"], {"type": int, "default": 1, "help": "Kafka worker processes per pod (default 1)"}),
+            (["--min-replicas"], {"type": int, "default": 1, "help": "worker pods at least (default 1; 0: KEDA)"}),
+            (["--max-replicas"], {"type": int, "default": None,
+                                  "help": "worker pods at most (default and cap: ceil(kafka.partitions / --workers))"}),
+            (["--scaler"], {"choices": ["keda", "hpa"], "default": "keda", "help": "what scales the workers"}),
+            (["--lag-threshold"], {"type": int, "default": None,
+                                   "help": "consumer lag per pod to aim at (default: limits.max_batch_size "
+                                           "* --workers)"}),
+            (["--rest"], {"action": argparse.BooleanOptionalAction, "default": True,
+                          "help": "render the REST Deployment and Service (default: yes)"}),
+            (["--rest-replicas"], {"type": int, "default": 1, "help": "REST pods (default 1)"}),
+            (["--env-from"], {"action": "append", "default": [], "metavar": "SECRET",
+                              "help": "an existing Secret whose keys every pod gets as environment variables "
+                                      "(e.g. AWS_ACCESS_KEY_ID); repeatable"}),
+        ],
+    )  # fmt: skip
     config = sub.add_parser("config", help="inspect settings").add_subparsers(
         title="config commands", metavar="COMMAND"
     )
@@ -250,12 +280,15 @@ def _demo(settings: Settings, args: argparse.Namespace) -> int:
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
     from lakeserve.pipelines.http import new_metrics
     from lakeserve.pipelines.metrics_server import MetricsServer
+    from lakeserve.pipelines.stop_deadline import exit_when_stop_hangs, serve_stop_timeout_s
     from lakeserve.pipelines.supervisor import Supervisor
     from lakeserve.scoring.devices import hide_gpus_unless_needed
 
     if args.workers < (0 if args.http else 1):
         raise ConfigError(f"--workers must be at least {0 if args.http else 1}, got {args.workers}")
     stopped = _stop_on_signals()
+    # the bound a deployment's grace period is sized by (lakeserve deploy k8s): past it, exit status 1
+    exit_when_stop_hangs(stopped, serve_stop_timeout_s(settings, args.workers, args.http), "lakeserve serve")
     hide_gpus_unless_needed(settings.endpoint.served_entities)  # CPU entities only: no GPU for anything here
     exporting = settings.metrics.enabled and args.workers > 0
     # one registry: the workers report into it; the metrics endpoint and the REST server both read it
@@ -371,6 +404,21 @@ def _job_schedule(settings: Settings, args: argparse.Namespace) -> int:
     from lakeserve.jobs.schedule import run_schedule
 
     run_schedule(settings, _stop_on_signals(), lambda line: print(line, flush=True), run_now=args.run_now)
+    return 0
+
+
+def _deploy_k8s(settings: Settings, args: argparse.Namespace) -> int:
+    """The manifests on stdout (or one file each in --out); what only works on one host on stderr."""
+    from lakeserve import k8s
+
+    manifests = k8s.render(settings, k8s.k8s_options(vars(args)))
+    for warning in manifests.warnings:
+        print(f"lakeserve: warning: {redact_text(warning)}", file=sys.stderr)
+    if args.out is None:
+        sys.stdout.write(k8s.dump(manifests.objects))
+    else:
+        for path in k8s.write(manifests.objects, args.out):
+            print(path)
     return 0
 
 

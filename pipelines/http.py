@@ -36,6 +36,7 @@ from lakeserve.pipelines.inference_table import new_inference_log, row_format, t
 from lakeserve.pipelines.metrics import ServiceMetrics
 from lakeserve.pipelines.rate_limit import RateLimiter
 from lakeserve.pipelines.settings import ServiceSettings
+from lakeserve.pipelines.stop_deadline import rest_drain_s
 from lakeserve.pipelines.updates import Update, apply_pending_update, load_models, new_updater
 from lakeserve.scoring.core import ScoringCore
 from lakeserve.scoring.models import model_summary
@@ -130,7 +131,7 @@ def build_server(
         access_log=False,  # an access log line would be the place a token leaks; metrics count instead
         lifespan="on",
         server_header=False,
-        timeout_graceful_shutdown=30,
+        timeout_graceful_shutdown=rest_drain_s(settings.endpoint.limits),  # in flight: answered or 504 by then
     )
     return uvicorn.Server(config)
 

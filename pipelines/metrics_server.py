@@ -33,6 +33,7 @@ from starlette.routing import Route
 from lakeserve.errors import ComponentError
 from lakeserve.pipelines.metrics import ServiceMetrics
 from lakeserve.pipelines.metrics_settings import MetricsSettings
+from lakeserve.pipelines.stop_deadline import METRICS_STOP_S
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ class MetricsServer:
             access_log=False,
             lifespan="off",
             server_header=False,
-            timeout_graceful_shutdown=5,
+            timeout_graceful_shutdown=METRICS_STOP_S,
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._run, name="metrics-server", daemon=True)

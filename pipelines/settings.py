@@ -103,15 +103,17 @@ def write_settings(settings: ServiceSettings, path: Path) -> Path:
     data = settings.model_dump(mode="python")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.touch(mode=0o600, exist_ok=True)
-    path.write_text(yaml.safe_dump(_yaml_ready(data), sort_keys=False))
+    path.write_text(yaml.safe_dump(yaml_ready(data), sort_keys=False))
     return path
 
 
-def _yaml_ready(value: Any) -> Any:
+def yaml_ready(value: Any) -> Any:
+    """A tree dumped with ``model_dump(mode="python")`` as plain YAML values, which the settings
+    load back from: secrets revealed, paths as strings, tuples as lists."""
     if isinstance(value, dict):
-        return {k: _yaml_ready(v) for k, v in value.items()}
+        return {k: yaml_ready(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_yaml_ready(v) for v in value]
+        return [yaml_ready(v) for v in value]
     if isinstance(value, SecretStr):
         return value.get_secret_value()
     if isinstance(value, Path):

@@ -20,9 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing as mp
-import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -38,6 +36,7 @@ from lakeserve.pipelines.metrics import ServiceMetrics
 from lakeserve.pipelines.metrics_relay import MetricsRelay, apply
 from lakeserve.pipelines.metrics_server import READY
 from lakeserve.pipelines.settings import ServiceSettings
+from lakeserve.pipelines.stop_deadline import exit_when_stop_hangs, hard_exit, worker_stop_s
 from lakeserve.pipelines.worker import run_worker
 from lakeserve.scoring.devices import hide_gpus_unless_needed
 
@@ -115,29 +114,14 @@ def worker_main(settings: ServiceSettings, link: WorkerLink) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the supervisor decides
     hide_gpus_unless_needed(settings.endpoint.served_entities)  # before any model loads
     stop = link.stop_event()
-    threading.Thread(target=_exit_when_stop_hangs, args=(stop, settings.kafka.stop_timeout_ms / 1000),
-                     name="stop-deadline", daemon=True).start()  # fmt: skip
+    exit_when_stop_hangs(stop, settings.kafka.stop_timeout_ms / 1000, "the worker")
     code = 0
     try:
         run_worker(settings, stop, metrics=link.metrics(), on_assigned=link.assigned, guard=link.guard)
     except WorkerStalled as exc:
         log.error("%s", exc)
         code = EXIT_STALLED
-    _exit(code)
-
-
-def _exit_when_stop_hangs(stop: threading.Event, timeout_s: float) -> None:
-    stop.wait()
-    if not threading.Event().wait(timeout_s):  # the deadline, not a readiness wait
-        log.error("the worker did not stop within %.0f s; exiting without its last commit", timeout_s)
-        _exit(1)
-
-
-def _exit(code: int) -> None:
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    hard_exit(code)
 
 
 @dataclass
@@ -210,7 +194,7 @@ class Supervisor:
         running after ``timeout_s`` (default: a little over ``kafka.stop_timeout_ms``, after
         which a worker exits by itself); the workers' last reports are read before returning."""
         if timeout_s is None:
-            timeout_s = self.settings.kafka.stop_timeout_ms / 1000 + 1.0
+            timeout_s = worker_stop_s(self.settings.kafka)
         self._stopping.set()
         for s in self.slots.values():
             with contextlib.suppress(OSError):  # already dead

@@ -19,6 +19,10 @@ LAYERS = {  # bottom up
     "lakeserve.settings": 6,
     "lakeserve.cli": 6,
     "lakeserve.console": 6,
+    "lakeserve.secret_env": 6,
+    "lakeserve.one_host": 6,
+    "lakeserve.k8s_scaling": 6,
+    "lakeserve.k8s": 6,
     "lakeserve.__main__": 6,
 }
 LAZY_ALLOWED = {"lakeserve.cli"}  # the edge may load a subcommand lazily
