@@ -47,7 +47,7 @@ def main() -> None:
     from lakeserve.jobs.spark import spark_session
 
     prepare_assets(settings)
-    spark = spark_session(settings.spark, ivy_dir=settings.stack.cache_dir / "ivy")
+    spark = spark_session(settings.spark, tables=settings.tables, ivy_dir=settings.stack.cache_dir / "ivy")
     folder = Path(settings.stack.state_dir) / "bench-batch"
     tables = _write_tables(folder, args.rows)
     _warm_up(spark, settings, tables)

@@ -540,7 +540,7 @@ def run_from_settings(settings: JobSettings, *, end: datetime | None = None) -> 
     ``found``: a treatment is significantly worse than the control on some metric."""
 
     output, markdown = output_locations(settings)
-    spark = spark_session(settings.spark, ivy_dir=settings.stack.cache_dir / "ivy")
+    spark = spark_session(settings.spark, tables=settings.tables, ivy_dir=settings.stack.cache_dir / "ivy")
     report = run_ab(
         spark, settings.ab, settings.inference_table_uri, output, markdown, end=end,
         routing_key=None if settings.ab.cluster_key else endpoint_routing_key(settings),

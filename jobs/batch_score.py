@@ -231,7 +231,7 @@ def run_from_settings(
 ) -> JobOutcome:
     """One batch run on the session of ``settings.spark``; ``found``: rows that could not be scored
     (they are output rows with a status; ``fail_on_error`` fails the run instead)."""
-    spark = spark_session(settings.spark, ivy_dir=settings.stack.cache_dir / "ivy")
+    spark = spark_session(settings.spark, tables=settings.tables, ivy_dir=settings.stack.cache_dir / "ivy")
     report = run_batch_score(spark, settings, input, output, options)
     facts = {
         "output": redact_uri(report.output),

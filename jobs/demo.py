@@ -49,7 +49,9 @@ def prepare_assets(settings: JobSettings, report: DemoReport | None = None) -> D
     with _step(report, "features"):
         apply_definitions(store, demo_repo.definitions(data_dir / "customers.parquet"))
         store.materialize_incremental(end_date=datetime.now(UTC))
-        _feature_table(settings.table_uri(demo_repo.FEATURE_VIEW), data.customers)
+        _feature_table(
+            settings.table_uri(demo_repo.FEATURE_VIEW), data.customers, settings.tables.delta_storage_options()
+        )
     with _step(report, "models"):
         report.models = demo_models.ensure_models(store, data.transactions, settings.mlflow)
     report.online_check = _online_check(store, [1, 2, 3])
@@ -66,12 +68,12 @@ def _data(folder: Path) -> demo_data.DemoData:
     return data
 
 
-def _feature_table(uri: str, customers: pd.DataFrame) -> None:
+def _feature_table(uri: str, customers: pd.DataFrame, storage_options: dict[str, str] | None) -> None:
     """The view's rows as a Delta table too: batch scoring joins them point-in-time in Spark."""
     from deltalake import DeltaTable, write_deltalake
 
-    if not DeltaTable.is_deltatable(uri):
-        write_deltalake(uri, customers, mode="overwrite")
+    if not DeltaTable.is_deltatable(uri, storage_options):
+        write_deltalake(uri, customers, mode="overwrite", storage_options=storage_options)
 
 
 def _online_check(store: object, keys: list[int]) -> dict[int, dict[str, object]]:

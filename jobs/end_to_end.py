@@ -96,7 +96,7 @@ def run_main_job(
         with _step(report, say, "streaming") as done:
             report.traffic = _stream(settings, workers, say.progress)
             done(f"{report.traffic.answered} of {report.traffic.sent} requests answered")
-        report.table_rows = _count_rows(settings.inference_table_uri)
+        report.table_rows = _count_rows(settings.inference_table_uri, settings.tables.delta_storage_options())
         with _step(report, say, "monitor") as done:
             report.monitor = _monitor(settings)
             done(f"{len(report.monitor.flags)} drift flags")
@@ -127,7 +127,7 @@ def _batch_output(settings: JobSettings) -> str:
 
 def _batch(settings: JobSettings) -> Any:
 
-    spark = spark_session(settings.spark, ivy_dir=settings.stack.cache_dir / "ivy")
+    spark = spark_session(settings.spark, tables=settings.tables, ivy_dir=settings.stack.cache_dir / "ivy")
     source = str(settings.stack.state_dir / "demo" / "transactions.parquet")
     return run_batch_score(spark, settings, source, _batch_output(settings))
 
@@ -158,22 +158,22 @@ def _stream(settings: JobSettings, workers: int, progress: Callable[[int, int], 
         runner.join(timeout=120)
 
 
-def _count_rows(uri: str) -> int:
+def _count_rows(uri: str, storage_options: dict[str, str] | None) -> int:
     from deltalake import DeltaTable
 
-    return int(DeltaTable(uri).count())
+    return int(DeltaTable(uri, storage_options=storage_options).count())
 
 
 def _monitor(settings: JobSettings) -> Any:
 
-    spark = spark_session(settings.spark, ivy_dir=settings.stack.cache_dir / "ivy")
+    spark = spark_session(settings.spark, tables=settings.tables, ivy_dir=settings.stack.cache_dir / "ivy")
     tables = MonitorTables.beside(settings.inference_table_uri, settings.monitor)
     return run_monitor(spark, settings.monitor, tables)
 
 
 def _ab(settings: JobSettings) -> Any:
 
-    spark = spark_session(settings.spark, ivy_dir=settings.stack.cache_dir / "ivy")
+    spark = spark_session(settings.spark, tables=settings.tables, ivy_dir=settings.stack.cache_dir / "ivy")
     output, markdown = output_locations(settings)
     key = None if settings.ab.cluster_key else endpoint_routing_key(settings)
     return run_ab(spark, settings.ab, settings.inference_table_uri, output, markdown, routing_key=key)

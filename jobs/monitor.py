@@ -296,7 +296,7 @@ def run_from_settings(settings: JobSettings, *, full_refresh: bool = False) -> J
     this run (re)computed, so a drifted window is reported by the run that first sees it."""
 
     tables = MonitorTables.beside(settings.inference_table_uri, settings.monitor)
-    spark = spark_session(settings.spark, ivy_dir=settings.stack.cache_dir / "ivy")
+    spark = spark_session(settings.spark, tables=settings.tables, ivy_dir=settings.stack.cache_dir / "ivy")
     summary = run_monitor(spark, settings.monitor, tables, full_refresh=full_refresh)
     facts = {
         "drifted_pairs": len(summary.flags),

@@ -13,13 +13,29 @@ from typing import TYPE_CHECKING
 
 from lakeserve.errors import ComponentError
 from lakeserve.jobs.settings import SparkSettings
+from lakeserve.jobs.spark_storage import EXCLUDED_PACKAGES, connector_packages, hadoop_settings, storage_schemes
+from lakeserve.monitoring.settings import TablesSettings
+from lakeserve.monitoring.table_storage import Scheme
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
 
-def spark_session(settings: SparkSettings, *, ivy_dir: Path | None = None) -> SparkSession:
-    """Get or create the session; Delta jars come from Maven Central through Ivy on first use."""
+def spark_session(
+    settings: SparkSettings,
+    *,
+    tables: TablesSettings | None = None,
+    ivy_dir: Path | None = None,
+    connectors: frozenset[Scheme] = frozenset(),
+) -> SparkSession:
+    """Get or create the session; Delta jars come from Maven Central through Ivy on first use.
+
+    With ``tables`` on an object store, its connector jars come the same way and its
+    ``storage_options`` become the connector's settings for that bucket (:mod:`.spark_storage`);
+    ``connectors`` adds the jars of more schemes to a new session (a test session that will
+    meet an object store later). The settings apply to a session that already runs, too: they
+    are session settings, read when a table is first opened.
+    """
     from delta import configure_spark_with_delta_pip
     from pyspark.sql import SparkSession
 
@@ -42,11 +58,16 @@ def spark_session(settings: SparkSettings, *, ivy_dir: Path | None = None) -> Sp
     )
     if ivy_dir is not None:
         builder = builder.config("spark.jars.ivy", str(ivy_dir))
+    packages = connector_packages(set(connectors) | (storage_schemes(tables) if tables else set()))
+    if packages:
+        builder = builder.config("spark.jars.excludes", ",".join(EXCLUDED_PACKAGES))
     for key, value in settings.conf.items():
         builder = builder.config(key, value)
     try:
-        session = configure_spark_with_delta_pip(builder).getOrCreate()
+        session = configure_spark_with_delta_pip(builder, extra_packages=packages).getOrCreate()
     except Exception as exc:  # py4j and JVM start-up errors arrive as bare Exceptions
         raise ComponentError("spark", f"could not start a session on {settings.master}: {exc}") from exc
     session.sparkContext.setLogLevel("WARN")
+    for key, value in (hadoop_settings(tables) if tables else {}).items():
+        session.conf.set(key, value)
     return session

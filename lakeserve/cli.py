@@ -25,7 +25,7 @@ from lakeserve.errors import ConfigError, LakeserveError
 from lakeserve.jobs.batch_args import add_batch_arguments
 from lakeserve.jobs.outcome import JobOutcome, failure_code, failure_line, outcome_line
 from lakeserve.redact import RedactingFilter, redact, redact_text
-from lakeserve.settings import Settings, load_settings
+from lakeserve.settings import Settings, artifact_store_env, load_settings
 
 Handler = Callable[[Settings, argparse.Namespace], int]
 
@@ -43,6 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         settings = load_settings(args.config)
+        for name, value in artifact_store_env(settings).items():
+            os.environ.setdefault(name, value)  # MLflow's boto3 reads the artifact store from here
         code: int = args.handler(settings, args)
         return code
     except LakeserveError as exc:
@@ -360,7 +362,11 @@ def _endpoint_status(settings: Settings, args: argparse.Namespace) -> int:
 def _tables_optimize(settings: Settings, args: argparse.Namespace) -> int:
     from lakeserve.monitoring.table_maintenance import optimize_table
 
-    report = optimize_table(settings.inference_table_uri, retention_hours=args.retention_hours)
+    report = optimize_table(
+        settings.inference_table_uri,
+        retention_hours=args.retention_hours,
+        storage_options=settings.tables.delta_storage_options(),
+    )
     print(redact_text(str(report)))
     return 0
 

@@ -26,6 +26,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from lakeserve.errors import ConfigError, format_validation_error
 from lakeserve.jobs.settings import JobSettings
+from lakeserve.monitoring.table_storage import table_scheme
 
 DEFAULT_CONFIG_FILE = Path("lakeserve.yaml")
 
@@ -65,6 +66,35 @@ def load_settings(
         return Settings(**data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, source)) from None
+
+
+def artifact_store_env(settings: Settings) -> dict[str, str]:
+    """What MLflow (boto3) needs to reach ``mlflow.artifact_root`` when it is on the tables' S3 store.
+
+    MLflow reads S3 artifacts with boto3, which takes its endpoint and credentials from the
+    environment only (``MLFLOW_S3_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ...). When the artifact
+    root is an ``s3://`` location and so is ``tables.root``, the tables' storage options give those
+    variables; the edge sets the ones not already set, so a process and the workers it starts load
+    models from the same store they write tables to. Elsewhere: nothing (boto3's own chain).
+    """
+    root, artifacts = settings.tables.root or "", settings.mlflow.artifact_root or ""
+    if table_scheme(artifacts) != "s3" or table_scheme(root) != "s3":
+        return {}
+    options = {k.upper(): v.get_secret_value() for k, v in settings.tables.storage_options.items()}
+    names = {
+        "AWS_ENDPOINT_URL": "MLFLOW_S3_ENDPOINT_URL",
+        "AWS_ENDPOINT": "MLFLOW_S3_ENDPOINT_URL",
+        "AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN": "AWS_SESSION_TOKEN",
+        "AWS_REGION": "AWS_DEFAULT_REGION",
+        "AWS_DEFAULT_REGION": "AWS_DEFAULT_REGION",
+    }
+    env: dict[str, str] = {}
+    for option, variable in names.items():
+        if option in options:
+            env.setdefault(variable, options[option])
+    return env
 
 
 def _config_path(path: Path | str | None, env: Mapping[str, str]) -> Path | None:

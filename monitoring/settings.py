@@ -5,15 +5,25 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from lakeserve.monitoring.table_storage import table_scheme
 from lakeserve.monitoring.windows import parse_granularity
 
 
 class TablesSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    root: str | None = Field(default=None, description="root of all tables (path or URI); default <state_dir>/tables")
+    root: str | None = Field(
+        default=None,
+        description="root of all tables: a path, or s3://, gs://, abfss:// as delta-rs and Spark read "
+        "them; default <state_dir>/tables",
+    )
+    storage_options: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="delta-rs storage options for tables.root (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, "
+        "AWS_SECRET_ACCESS_KEY, AWS_REGION, ...), also mapped to Spark's S3A/ABFS/GCS settings; never printed",
+    )
     flush_rows: int = Field(default=5000, ge=1, description="append once this many rows wait")
     flush_interval_ms: int = Field(default=1000, ge=0, description="...or once the oldest waited this long")
     commit_conflict_retries: int = Field(
@@ -25,6 +35,25 @@ class TablesSettings(BaseModel):
         description="REST rows waiting while the table is down; beyond this the oldest are dropped and counted "
         "(Kafka rows are never dropped: consumption pauses instead)",
     )
+
+    @field_validator("root")
+    @classmethod
+    def _known_scheme(cls, root: str | None) -> str | None:
+        if root is not None:
+            table_scheme(root)  # raises ValueError naming the schemes it knows
+        return root
+
+    @field_validator("storage_options")
+    @classmethod
+    def _option_names(cls, options: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        blank = [k for k in options if not k.strip()]
+        if blank:
+            raise ValueError("an option has an empty name")
+        return options
+
+    def delta_storage_options(self) -> dict[str, str] | None:
+        """The options as delta-rs takes them (revealed), or None when none are set."""
+        return {k: v.get_secret_value() for k, v in self.storage_options.items()} or None
 
 
 class MonitorSettings(BaseModel):

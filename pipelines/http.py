@@ -58,7 +58,11 @@ def load_scoring(settings: ServiceSettings, metrics: ServiceMetrics) -> Scoring:
     models = load_models(settings, endpoint)
     core = ScoringCore(endpoint, models, lookup)
     updater = new_updater(settings, endpoint, models)
-    writer = DeltaInferenceWriter(settings.inference_table_uri) if endpoint.auto_capture_config.enabled else None
+    writer = (
+        DeltaInferenceWriter(settings.inference_table_uri, settings.tables.delta_storage_options())
+        if endpoint.auto_capture_config.enabled
+        else None
+    )
     table: HttpTableLogger | None = None
     if writer is not None:
         rows = row_format(endpoint, writer, table_schema(models, lookup))

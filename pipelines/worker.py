@@ -58,7 +58,7 @@ def build_worker(
     core = ScoringCore(endpoint, models, lookup)
     updater = new_updater(settings, endpoint, models)
     if endpoint.auto_capture_config.enabled:
-        writer = DeltaInferenceWriter(settings.inference_table_uri)
+        writer = DeltaInferenceWriter(settings.inference_table_uri, settings.tables.delta_storage_options())
         table_log = new_inference_log(settings, writer, row_format(endpoint, writer, table_schema(models, lookup)))
         position_log: PositionLog = table_log
 

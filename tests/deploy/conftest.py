@@ -13,7 +13,7 @@ import yaml
 from lakeserve.settings import Settings, load_settings
 
 # every secret value of many_hosts_config, and the key file's content: none may leave the Secret
-SECRETS = ("scram-pw", "sasl-pw", "pg-pass", "redis-pw", "s3-secret", "spark-s3-secret", "batch-secret",
+SECRETS = ("scram-pw", "sasl-pw", "pg-pass", "redis-pw", "s3-secret", "spark-s3-secret", "batch-secret", "s3-option-secret",
            "client-key-material", "server-key-material")  # fmt: skip
 
 
@@ -39,7 +39,9 @@ def many_hosts_config(folder: Path) -> dict[str, Any]:
                    "artifact_root": "s3://models/artifacts"},
         "feast": {"online_store": "redis", "redis_connection_string": "redis.internal:6379,password=redis-pw",
                   "repo_path": "/opt/feature-repo"},
-        "tables": {"root": "s3://AKIA:s3-secret@bucket/tables"},
+        "tables": {"root": "s3://AKIA:s3-secret@bucket/tables",
+                   "storage_options": {"AWS_ENDPOINT_URL": "https://s3.internal", "AWS_REGION": "eu-west-1",
+                                       "AWS_ACCESS_KEY_ID": "AKIA", "AWS_SECRET_ACCESS_KEY": "s3-option-secret"}},
         "endpoint": {"limits": {"timeout_s": 20}},
         "http": {"allow_cidrs": ["10.0.0.0/8"], "ssl_certfile": files["server.pem"],
                  "ssl_keyfile": files["server.key"]},

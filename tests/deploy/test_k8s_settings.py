@@ -90,12 +90,13 @@ def test_each_secret_setting_has_its_own_variable(settings: Settings) -> None:
     assert env["LAKESERVE_MLFLOW__TRACKING_URI"] == env["LAKESERVE_MLFLOW__REGISTRY_URI"]
     # inside a mapping: the secret entries as JSON, the keys' case kept
     assert json.loads(env["LAKESERVE_STACK__KAFKA_SCRAM_USERS"]) == {"Scorer": "scram-pw"}
+    assert json.loads(env["LAKESERVE_TABLES__STORAGE_OPTIONS"])["AWS_SECRET_ACCESS_KEY"] == "s3-option-secret"
     assert json.loads(env["LAKESERVE_SPARK__CONF"]) == {"spark.hadoop.fs.s3a.secret.key": "spark-s3-secret"}
     jobs = json.loads(env["LAKESERVE_SCHEDULE__JOBS"])
     assert [j["job"] for j in jobs] == ["monitor", "batch-score"]
     assert sorted(env) == sorted([
         "LAKESERVE_KAFKA__SASL_PASSWORD", "LAKESERVE_FEAST__REDIS_CONNECTION_STRING", "LAKESERVE_TABLES__ROOT",
-        "LAKESERVE_MLFLOW__TRACKING_URI", "LAKESERVE_MLFLOW__REGISTRY_URI", "LAKESERVE_STACK__KAFKA_SCRAM_USERS",
+        "LAKESERVE_TABLES__STORAGE_OPTIONS", "LAKESERVE_MLFLOW__TRACKING_URI", "LAKESERVE_MLFLOW__REGISTRY_URI", "LAKESERVE_STACK__KAFKA_SCRAM_USERS",
         "LAKESERVE_SPARK__CONF", "LAKESERVE_SCHEDULE__JOBS",
     ])  # fmt: skip
 
