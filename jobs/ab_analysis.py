@@ -37,6 +37,7 @@ from lakeserve.monitoring.ab_clusters import (
     superiority,
 )
 from lakeserve.monitoring.metrics_tables import ddl_schema, merge_rows
+from lakeserve.monitoring.report_files import ReportFiles
 from lakeserve.monitoring.settings import AbSettings
 from lakeserve.scoring.models import routing_key
 
@@ -72,7 +73,7 @@ class AbReport:
     entities: dict[str, dict[str, float | None]] = field(default_factory=dict)
     rows: list[dict[str, Any]] = field(default_factory=list)
     verdicts: dict[str, str] = field(default_factory=dict)
-    markdown_path: Path | None = None
+    markdown_path: str | None = None
 
 
 def run_ab(
@@ -80,12 +81,14 @@ def run_ab(
     cfg: AbSettings,
     inference: str,
     output: str,
-    markdown: Path,
+    markdown: str | Path,
     *,
     end: datetime | None = None,
     routing_key: str | None = None,
+    reports: ReportFiles | None = None,
 ) -> AbReport:
-    """Analyse ``[end - period_days, end)``; write the rows to ``output`` and the summary to ``markdown``.
+    """Analyse ``[end - period_days, end)``; write the rows to ``output`` and the summary to ``markdown``
+    (a path, or a location on the tables' object store: ``reports``).
 
     The unit of analysis is ``cfg.cluster_key``; unset, ``routing_key`` (the key the endpoint
     routes by, :func:`endpoint_routing_key`) when the table has that column; else each request."""
@@ -114,9 +117,7 @@ def run_ab(
         df.unpersist()
     stamped = [{**r, "period_start": start, "period_end": end, "control": control} for r in report.rows]
     merge_rows(spark, _frame(spark, stamped), output, AB_KEYS, AB_DDL)
-    markdown.parent.mkdir(parents=True, exist_ok=True)
-    markdown.write_text(render_markdown(report), encoding="utf-8")
-    report.markdown_path = markdown
+    report.markdown_path = (reports or ReportFiles()).write_text(str(markdown), render_markdown(report))
     return report
 
 
@@ -544,6 +545,7 @@ def run_from_settings(settings: JobSettings, *, end: datetime | None = None) -> 
     report = run_ab(
         spark, settings.ab, settings.inference_table_uri, output, markdown, end=end,
         routing_key=None if settings.ab.cluster_key else endpoint_routing_key(settings),
+        reports=ReportFiles(settings.tables.delta_storage_options()),
     )  # fmt: skip
     worse = _worse(report.rows)
     facts = {
@@ -580,8 +582,8 @@ def endpoint_routing_key(settings: JobSettings) -> str | None:
         return None
 
 
-def output_locations(settings: JobSettings) -> tuple[str, Path]:
+def output_locations(settings: JobSettings) -> tuple[str, str]:
     """The results table (``ab.output_table``, else ``<table>_ab_results``) and its Markdown readout."""
     table = settings.endpoint.auto_capture_config.table_name
     output = settings.ab.output_table or settings.table_uri(f"{table}_ab_results")
-    return output, Path(output.removeprefix("file:") + ".md")
+    return output, output + ".md"

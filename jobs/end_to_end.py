@@ -34,6 +34,7 @@ from lakeserve.jobs.monitor_steps import MonitorTables
 from lakeserve.jobs.notebooks import execute_notebooks
 from lakeserve.jobs.settings import JobSettings
 from lakeserve.jobs.spark import spark_session
+from lakeserve.monitoring.report_files import ReportFiles
 from lakeserve.pipelines.embedded.stack import Stack
 from lakeserve.pipelines.supervisor import Supervisor
 from lakeserve.redact import redact_uri
@@ -167,7 +168,9 @@ def _count_rows(uri: str, storage_options: dict[str, str] | None) -> int:
 def _monitor(settings: JobSettings) -> Any:
 
     spark = spark_session(settings.spark, tables=settings.tables, ivy_dir=settings.stack.cache_dir / "ivy")
-    tables = MonitorTables.beside(settings.inference_table_uri, settings.monitor)
+    tables = MonitorTables.beside(
+        settings.inference_table_uri, settings.monitor, settings.tables.delta_storage_options()
+    )
     return run_monitor(spark, settings.monitor, tables)
 
 
@@ -176,7 +179,10 @@ def _ab(settings: JobSettings) -> Any:
     spark = spark_session(settings.spark, tables=settings.tables, ivy_dir=settings.stack.cache_dir / "ivy")
     output, markdown = output_locations(settings)
     key = None if settings.ab.cluster_key else endpoint_routing_key(settings)
-    return run_ab(spark, settings.ab, settings.inference_table_uri, output, markdown, routing_key=key)
+    reports = ReportFiles(settings.tables.delta_storage_options())
+    return run_ab(
+        spark, settings.ab, settings.inference_table_uri, output, markdown, routing_key=key, reports=reports
+    )
 
 
 def _notebooks(settings: JobSettings) -> list[Path]:
@@ -186,7 +192,9 @@ def _notebooks(settings: JobSettings) -> list[Path]:
 
 def _locations(settings: JobSettings, report: MainReport) -> dict[str, str]:
 
-    tables = MonitorTables.beside(settings.inference_table_uri, settings.monitor)
+    tables = MonitorTables.beside(
+        settings.inference_table_uri, settings.monitor, settings.tables.delta_storage_options()
+    )
     output, markdown = output_locations(settings)
     return {
         "inference table": settings.inference_table_uri,

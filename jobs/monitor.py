@@ -295,7 +295,9 @@ def run_from_settings(settings: JobSettings, *, full_refresh: bool = False) -> J
     """One monitor run over the endpoint's inference table; ``found``: a pair drifted in a window
     this run (re)computed, so a drifted window is reported by the run that first sees it."""
 
-    tables = MonitorTables.beside(settings.inference_table_uri, settings.monitor)
+    tables = MonitorTables.beside(
+        settings.inference_table_uri, settings.monitor, settings.tables.delta_storage_options()
+    )
     spark = spark_session(settings.spark, tables=settings.tables, ivy_dir=settings.stack.cache_dir / "ivy")
     summary = run_monitor(spark, settings.monitor, tables, full_refresh=full_refresh)
     facts = {

@@ -6,7 +6,6 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lakeserve.errors import ConfigError
@@ -42,6 +41,7 @@ from lakeserve.monitoring.quality import (
     regression_sums,
     roc_auc,
 )
+from lakeserve.monitoring.report_files import ReportFiles
 from lakeserve.monitoring.settings import MonitorSettings
 from lakeserve.monitoring.windows import Granularity, shift_start
 
@@ -97,10 +97,14 @@ class MonitorTables:
     reports_dir: str
     labels: str | None = None
     baseline: str | None = None
+    reports: ReportFiles = field(default_factory=ReportFiles)  # how reports reach ``reports_dir``
 
     @classmethod
-    def beside(cls, inference: str, cfg: MonitorSettings) -> MonitorTables:
-        """``<prefix>_profile_metrics`` etc. in the inference table's folder (prefix: the table name)."""
+    def beside(
+        cls, inference: str, cfg: MonitorSettings, storage_options: dict[str, str] | None = None
+    ) -> MonitorTables:
+        """``<prefix>_profile_metrics`` etc. in the inference table's folder (prefix: the table name);
+        ``storage_options``: the tables' store, where the Evidently reports go too."""
         parent, name = inference.rstrip("/").rsplit("/", 1)
         prefix = f"{parent}/{cfg.output_prefix or name}"
         return cls(
@@ -110,6 +114,7 @@ class MonitorTables:
             f"{prefix}_evidently",
             cfg.labels_table,
             cfg.baseline_table,
+            ReportFiles(storage_options),
         )
 
 
@@ -342,10 +347,12 @@ def attach_evidently(
         if reference is None:
             continue
         current = _sample(run, _window_rows(windowed, key))
-        stem = Path(run.tables.reports_dir.removeprefix("file:")) / key[2] / _slug(key[0]) / f"{key[1]}"
+        stem = f"{run.tables.reports_dir.rstrip('/')}/{key[2]}/{_slug(key[0])}/{key[1]}"
         log.info("monitor: Evidently report for %s %s window %s", key[2], key[0], key[1])
-        report = drift_report(current, reference, run.columns.numeric, run.columns.categorical, stem)
-        reports.append(str(report.html_path))
+        report = drift_report(
+            current, reference, run.columns.numeric, run.columns.categorical, stem, run.tables.reports
+        )
+        reports.append(report.html_path)
         for r in rows:
             if (r["granularity"], r[WS], r["model_id"]) != key or r["slice_key"] is not None:
                 continue
@@ -353,7 +360,7 @@ def attach_evidently(
             if r["drift_type"] != drift_type or verdict is None:
                 continue
             r.update(
-                evidently_report=str(report.html_path),
+                evidently_report=report.html_path,
                 evidently_drift_detected=verdict.drift_detected,
                 evidently_method=verdict.method,
                 evidently_score=verdict.score,

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lakeserve.errors import ComponentError
+from lakeserve.monitoring.report_files import ReportFiles
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -30,8 +30,8 @@ class ColumnVerdict:
 
 @dataclass(frozen=True, slots=True)
 class DriftReport:
-    html_path: Path
-    json_path: Path
+    html_path: str
+    json_path: str
     verdicts: dict[str, ColumnVerdict]
 
 
@@ -40,9 +40,11 @@ def drift_report(
     reference: pd.DataFrame,
     numeric: Sequence[str],
     categorical: Sequence[str],
-    out_stem: Path,
+    out_stem: str,
+    files: ReportFiles | None = None,
 ) -> DriftReport:
-    """Run ``DataDriftPreset`` and save ``<out_stem>.html`` and ``<out_stem>.json``.
+    """Run ``DataDriftPreset`` and save ``<out_stem>.html`` and ``<out_stem>.json`` (a path, or a
+    location on the tables' object store: ``files``).
 
     A column with no value on one side (an input the model does not take) is left out, since
     Evidently refuses it; it gets no verdict.
@@ -63,10 +65,9 @@ def drift_report(
             current_data=Dataset.from_pandas(current[cols], data_definition=definition),
             reference_data=Dataset.from_pandas(reference[cols], data_definition=definition),
         )
-        out_stem.parent.mkdir(parents=True, exist_ok=True)
-        html, js = out_stem.with_suffix(".html"), out_stem.with_suffix(".json")
-        snapshot.save_html(str(html))
-        js.write_text(snapshot.json(), encoding="utf-8")
+        files = files or ReportFiles()
+        html = files.write_text(f"{out_stem}.html", snapshot.get_html_str(as_iframe=False))
+        js = files.write_text(f"{out_stem}.json", snapshot.json())
         verdicts = column_verdicts(snapshot.dict())
     except (ValueError, TypeError, KeyError, OSError) as exc:
         raise ComponentError("evidently", f"drift report failed: {exc}") from exc

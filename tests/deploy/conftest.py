@@ -13,8 +13,8 @@ import yaml
 from lakeserve.settings import Settings, load_settings
 
 # every secret value of many_hosts_config, and the key file's content: none may leave the Secret
-SECRETS = ("scram-pw", "sasl-pw", "pg-pass", "redis-pw", "s3-secret", "spark-s3-secret", "batch-secret", "s3-option-secret",
-           "client-key-material", "server-key-material")  # fmt: skip
+SECRETS = ("scram-pw", "sasl-pw", "pg-pass", "redis-pw", "s3-secret", "spark-s3-secret", "batch-secret",
+           "s3-option-secret", "client-key-material", "server-key-material")  # fmt: skip
 
 
 def many_hosts_config(folder: Path) -> dict[str, Any]:
