@@ -2,7 +2,7 @@
 # Checks what lakeserve needs from the machine before anything is installed, and says how to fix
 # what is missing. With --test it also makes sure redis-server (for the Redis online-store test)
 # is there, installing Debian's package when running as root, and so are chromium and
-# chromium-driver (the headless-browser test of the REST dashboard).
+# chromium-driver (the headless-browser test of the REST dashboard), and that Go is there.
 set -euo pipefail
 
 fail() { echo "lakeserve prerequisites: $*" >&2; exit 1; }
@@ -33,5 +33,11 @@ if [ "${1:-}" = "--test" ] && ! { command -v chromium >/dev/null && command -v c
   else
     fail "chromium/chromedriver not found: install them (Debian: sudo apt-get install chromium chromium-driver)"
   fi
+fi
+if [ "${1:-}" = "--test" ]; then
+  # the object-store tests build SeaweedFS (its go.mod asks for Go 1.26) from the Go module proxy
+  command -v go >/dev/null || fail "go not found: install Go 1.26+ (https://go.dev/dl) to run the tests"
+  go_minor=$(go env GOVERSION | sed -nE 's/^go1\.([0-9]+).*/\1/p')
+  [ "${go_minor:-0}" -ge 26 ] || fail "$(go env GOVERSION) found; the object-store tests need Go 1.26+ (https://go.dev/dl)"
 fi
 exit 0

@@ -150,6 +150,7 @@ def demo_assets(settings: Settings) -> DemoReport:
 def spark(settings: Settings) -> Iterator[SparkSession]:
     from lakeserve.jobs.spark import spark_session
 
-    session = spark_session(settings.spark, ivy_dir=settings.stack.cache_dir / "ivy")
+    # with S3A's jars: tests/object_store meets the object store on this session, later
+    session = spark_session(settings.spark, ivy_dir=settings.stack.cache_dir / "ivy", connectors=frozenset({"s3"}))
     yield session
     session.stop()

@@ -18,10 +18,11 @@ def register_model(
     name: str,
     params: dict[str, Any] | None = None,
     model_config: dict[str, Any] | None = None,
+    experiment_id: str | None = None,
 ) -> str:
     """Register ``python_model`` (a class of ``lakeserve.scoring.testing_models``) under ``name``,
     reading the v1 feature service, with ``params`` (name: default) in its signature and
-    ``model_config`` as logged; returns its version."""
+    ``model_config`` as logged, in ``experiment_id`` (default: the active one); returns its version."""
     import mlflow
     from mlflow.models import infer_signature
 
@@ -34,7 +35,7 @@ def register_model(
         "customer_age": 30, "account_age_days": 100, "avg_amount_30d": 20.0, "txn_count_7d": 3, "chargeback_rate": 0.01,
     }])  # fmt: skip
     signature = infer_signature(example, python_model.predict(None, example), params=params)
-    with mlflow.start_run():
+    with mlflow.start_run(experiment_id=experiment_id):
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=python_model,

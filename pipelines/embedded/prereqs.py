@@ -11,6 +11,7 @@ from lakeserve.errors import ComponentError
 _FIX = {
     "java": "install a Java 17+ runtime (Debian: apt-get install openjdk-17-jre-headless) or put it on PATH",
     "mvn": "install Apache Maven 3.6+ (Debian: apt-get install maven) or put it on PATH",
+    "go": "install Go 1.26+ (https://go.dev/dl) or put it on PATH: it builds SeaweedFS, the object store of the tests",
 }
 
 
@@ -32,6 +33,11 @@ def require_java(minimum: int = 17) -> str:
 def require_maven() -> str:
     """Path of ``mvn``, else a ComponentError saying how to install it."""
     return _which("mvn")
+
+
+def require_go() -> str:
+    """Path of ``go``, else a ComponentError saying how to install it."""
+    return _which("go")
 
 
 def _which(program: str) -> str:
