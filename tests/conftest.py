@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +21,7 @@ import yaml
 from netutil import free_ports
 from processes import output_lines
 
+from lakeserve.pipelines.embedded.settings import StackSettings
 from lakeserve.scoring.devices import cuda_device_count
 from lakeserve.settings import Settings, load_settings
 
@@ -44,6 +47,24 @@ TEST_OVERRIDES = {
     "metrics": {"port": None},
 }
 SCRAM_USER, SCRAM_PASSWORD = "scorer", "s3cret-for-tests"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Build SeaweedFS (tests/object_store's store) while the first tests run, at the lowest CPU
+    priority: on a machine that never built it, that is minutes the suite need not wait. The
+    store's fixture waits for this build (a file lock) or, if it failed, builds and reports."""
+    if not session.config.option.collectonly and shutil.which("go"):
+        cache = StackSettings().cache_dir.expanduser()
+        threading.Thread(target=_build_quietly, args=(cache,), name="seaweedfs-build", daemon=True).start()
+
+
+def _build_quietly(cache: Path) -> None:
+    from lakeserve.pipelines.embedded.seaweedfs import ensure_binary
+
+    try:
+        ensure_binary(cache, background=True)
+    except Exception:  # the object-store fixture builds again and raises what went wrong
+        return
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -110,8 +110,9 @@ class SeaweedS3:
         return True
 
 
-def ensure_binary(cache_dir: Path) -> Path:
-    """``<cache_dir>/seaweedfs/<VERSION>/weed``, built from the module proxy when absent."""
+def ensure_binary(cache_dir: Path, *, background: bool = False) -> Path:
+    """``<cache_dir>/seaweedfs/<VERSION>/weed``, built from the module proxy when absent;
+    ``background``: the compiler runs at the lowest CPU priority (a build that overlaps other work)."""
     target = cache_dir / "seaweedfs" / VERSION / "weed"
     if target.exists():
         return target
@@ -123,7 +124,7 @@ def ensure_binary(cache_dir: Path) -> Path:
         with tempfile.TemporaryDirectory(prefix="weed-build-", dir=target.parent) as tmp:
             source = _download(go, Path(tmp))
             built = Path(tmp) / "weed"
-            _go(go, ["build", "-o", str(built), "./weed"], source)
+            _go(go, ["build", "-o", str(built), "./weed"], source, nice=background)
             os.replace(built, target)
     return target
 
@@ -143,10 +144,11 @@ def _download(go: str, tmp: Path) -> Path:
     return source
 
 
-def _go(go: str, args: list[str], cwd: Path) -> str:
+def _go(go: str, args: list[str], cwd: Path, *, nice: bool = False) -> str:
     env = {**os.environ, "GOFLAGS": "-mod=mod", "GOTOOLCHAIN": "local", "CGO_ENABLED": "0"}
     try:
-        result = subprocess.run([go, *args], cwd=cwd, env=env, capture_output=True, text=True,
+        niced = ["nice", "-n", "19"] if nice and shutil.which("nice") else []
+        result = subprocess.run([*niced, go, *args], cwd=cwd, env=env, capture_output=True, text=True,
                                 timeout=BUILD_TIMEOUT_S, check=False)  # fmt: skip
     except subprocess.TimeoutExpired as exc:
         raise ComponentError("seaweedfs", f"go {args[0]} took over {BUILD_TIMEOUT_S} s") from exc
