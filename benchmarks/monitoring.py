@@ -14,7 +14,8 @@
    with deltalake, the second window against the first (no HTML is rendered);
 3. times the monitor job (``run_monitor``, full refresh, Evidently off) over the table after a
    warm-up run on a small one: profile of both windows, drift of the second against the first;
-4. prints rows/s, peak resident memory (Spark: JVM and Python driver; Evidently: its process)
+4. prints rows/s, peak resident memory (Spark: JVM and Python driver; Evidently: its process),
+   the Spark jobs and stages the run launched (its job group, counted by the status tracker),
    and each column's verdict from both, and the largest error bounds of binned statistics.
 
 Memory is the peak of the resident set sampled every 50 ms (``psutil``, else ``/proc``), less
@@ -64,7 +65,7 @@ def main() -> None:
     spark = spark_session(spark_settings, ivy_dir=settings.stack.cache_dir / "ivy")
     began = time.monotonic()
     uri = _write_table(folder / "warmup", 20_000)
-    _monitor(spark, uri)  # JVM start, class loading and first compilations stay out of the timing
+    _monitor(spark, uri, group="warm-up")  # JVM start, class loading and first compilations stay out of the timing
     print(f"warm-up: {time.monotonic() - began:.1f} s")
     began = time.monotonic()
     uri = _write_table(folder / "payload", args.rows)
@@ -78,11 +79,13 @@ def main() -> None:
           f"{args.rows / seconds:,.0f} rows/s, peak RSS +{_mib(peak)} MiB")
     gc.collect()
     jvm = _gateway_pid(spark)
-    (monitor_rows, seconds, peaks) = _measured(lambda: _monitor(spark, uri), [jvm, None])
+    (monitor_rows, seconds, peaks) = _measured(lambda: _monitor(spark, uri, group="full"), [jvm, None])
+    jobs, stages = spark_work(spark, "full")
     print(f"monitor job: {seconds:.1f} s, {args.rows / seconds:,.0f} rows/s, "
-          f"peak RSS JVM +{_mib(peaks[0])} MiB, Python driver +{_mib(peaks[1])} MiB")
+          f"peak RSS JVM +{_mib(peaks[0])} MiB, Python driver +{_mib(peaks[1])} MiB; "
+          f"{jobs} Spark jobs, {stages} stages")
     if args.exact_too:
-        (exact_rows, exact_s, peaks) = _measured(lambda: _monitor(spark, uri, exact=True), [jvm, None])
+        (exact_rows, exact_s, peaks) = _measured(lambda: _monitor(spark, uri, exact=True, group="exact"), [jvm, None])
         print(f"monitor job, exact drift: {exact_s:.1f} s, {args.rows / exact_s:,.0f} rows/s, "
               f"peak RSS JVM +{_mib(peaks[0])} MiB ({exact_s / seconds:.1f}x the binned run)")
         _binned_errors(monitor_rows, exact_rows)
@@ -125,9 +128,20 @@ def _write_table(folder: Path, rows: int) -> str:
     return uri
 
 
-def _monitor(spark: Any, uri: str, exact: bool = False) -> list[dict[str, Any]]:
-    """Per column: the monitor's verdict on the second window against the first."""
+def spark_work(spark: Any, group: str) -> tuple[int, int]:
+    """Spark jobs and stages launched under the job group ``group`` (the status tracker's count)."""
+    tracker = spark.sparkContext.statusTracker()
+    jobs = tracker.getJobIdsForGroup(group)
+    stages = sum(len(info.stageIds) for info in map(tracker.getJobInfo, jobs) if info is not None)
+    return len(jobs), stages
+
+
+def _monitor(spark: Any, uri: str, exact: bool = False, group: str = "monitor") -> list[dict[str, Any]]:
+    """Per column: the monitor's verdict on the second window against the first; the run's Spark
+    jobs carry the job group ``group`` (counted by :func:`spark_work`)."""
     from deltalake import DeltaTable
+
+    spark.sparkContext.setJobGroup(group, f"monitor run {group}")
 
     cfg = MonitorSettings(
         granularities=["1 hour"],

@@ -18,7 +18,7 @@ from lakeserve.monitoring.table_storage import table_scheme
 
 
 class ReportFiles:
-    """Writes report files at table-like locations (paths or URIs)."""
+    """Writes and reads report files at table-like locations (paths or URIs)."""
 
     def __init__(self, storage_options: Mapping[str, str] | None = None) -> None:
         self._options = {k.upper(): v for k, v in (storage_options or {}).items()}
@@ -38,6 +38,18 @@ class ReportFiles:
         except OSError as exc:
             raise ComponentError("storage", f"could not write the report {location}: {exc}") from exc
         return location
+
+    def read_text(self, location: str) -> str:
+        """The UTF-8 text at ``location`` (a path or a location on the tables' store)."""
+        scheme = table_scheme(location)
+        if scheme == "local":
+            return Path(location.removeprefix("file://").removeprefix("file:")).read_text(encoding="utf-8")
+        filesystem, key = self._filesystem(location, scheme)
+        try:
+            with filesystem.open_input_stream(key) as stream:
+                return bytes(stream.read()).decode("utf-8")
+        except OSError as exc:
+            raise ComponentError("storage", f"could not read the report {location}: {exc}") from exc
 
     def _filesystem(self, location: str, scheme: str) -> tuple[fs.FileSystem, str]:
         rest = location.split("://", 1)[1]

@@ -7,7 +7,7 @@ like Kafka's jars are resolved, by the project itself: ``go mod download`` of on
 from the Go module proxy, ``go build ./weed`` in a copy (``go install`` refuses the module for its
 ``replace`` directives), into ``<cache_dir>/seaweedfs/<version>/weed``, once. One ``weed server``
 runs the master, a volume server, the filer and the S3 gateway, every port on 127.0.0.1 chosen
-free, its data and logs in the state folder.
+free, its data in the state folder.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from lakeserve.pipelines.embedded.process import ManagedProcess
 MODULE = "github.com/seaweedfs/seaweedfs"
 VERSION = "v0.0.0-20261109003541-7506e5f91cd6"  # SeaweedFS 4.53 as the module proxy serves it
 REGION = "us-east-1"
+READY_BUCKET = "lakeserve-ready"  # where the readiness check writes
 BUILD_TIMEOUT_S = 1800  # about 4.5 minutes on two cores with an empty Go build cache
 
 
@@ -62,8 +63,7 @@ class SeaweedS3:
     def start(self, timeout_s: float = 120.0) -> None:
         weed = ensure_binary(self.cache_dir)
         work = self.process.workdir
-        for folder in ("data", "logs"):
-            (work / folder).mkdir(parents=True, exist_ok=True)
+        (work / "data").mkdir(parents=True, exist_ok=True)
         identities = {"identities": [{
             "name": "lakeserve",
             "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
@@ -73,17 +73,23 @@ class SeaweedS3:
         config.write_text(json.dumps(identities))
         config.chmod(0o600)
         master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3_grpc = _free_ports(7)
+        # Volumes are not preallocated: 256 of 64 MB cost nothing until written, and each bucket
+        # takes 7 (32 ran out at the sixth bucket). No pre-stop wait, no telemetry, its unix
+        # sockets in the state folder, its log in the process's output file only.
         argv = [
-            str(weed), f"-logdir={work / 'logs'}", "server",
+            str(weed), "-logtostderr", "server",
             "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={work / 'data'}",
             f"-master.port={master}", f"-master.port.grpc={master_grpc}", "-master.volumeSizeLimitMB=64",
-            f"-volume.port={volume}", f"-volume.port.grpc={volume_grpc}", "-volume.max=32",
+            "-master.telemetry=false",
+            f"-volume.port={volume}", f"-volume.port.grpc={volume_grpc}", "-volume.max=256",
+            "-volume.preStopSeconds=0",
             "-filer", f"-filer.port={filer}", f"-filer.port.grpc={filer_grpc}",
+            *_socket("filer", work),
             "-s3", f"-s3.port={self.port}", f"-s3.port.grpc={s3_grpc}", f"-s3.config={config}",
-            "-s3.port.iceberg=0", "-s3.port.lance=0",
+            *_socket("s3", work), "-s3.port.iceberg=0", "-s3.port.lance=0",
         ]  # fmt: skip
         self.process.start(argv)
-        self.process.wait_ready(self._answers, timeout_s, f"answering S3 calls on {self.endpoint}")
+        self.process.wait_ready(self._writes, timeout_s, f"storing objects on {self.endpoint}")
 
     def stop(self) -> bool:
         return self.process.stop()
@@ -101,13 +107,20 @@ class SeaweedS3:
             **options,
         )  # fmt: skip
 
-    def _answers(self) -> bool:
-        """A signed ListBuckets succeeds: the gateway, the filer behind it and the credentials work."""
+    def _writes(self) -> bool:
+        """An object is stored and read back in a bucket of its own: the gateway, the filer, the
+        credentials and a writable volume all work (a fresh master hands out volumes only after
+        two heartbeats, ~10 s; a check of ListBuckets alone would pass before that)."""
+        probe = f"{READY_BUCKET}/ready"
         try:
-            self._client().get_file_info(fs.FileSelector("", recursive=False))
+            client = self._client(allow_bucket_creation=True)
+            client.create_dir(READY_BUCKET)
+            with client.open_output_stream(probe) as out:
+                out.write(b"ready")
+            with client.open_input_stream(probe) as stream:
+                return bytes(stream.read()) == b"ready"
         except OSError:
             return False
-        return True
 
 
 def ensure_binary(cache_dir: Path, *, background: bool = False) -> Path:
@@ -165,6 +178,13 @@ def _locked(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _socket(server: str, folder: Path) -> list[str]:
+    """``-<server>.localSocket`` in ``folder`` (else SeaweedFS leaves one per port in /tmp), when
+    the path fits a unix socket's 108 bytes."""
+    path = folder / f"{server}.sock"
+    return [f"-{server}.localSocket={path}"] if len(str(path)) < 100 else []
 
 
 def _free_ports(count: int) -> list[int]:
