@@ -36,7 +36,6 @@ import multiprocessing as mp
 import os
 import pstats
 import shutil
-import socket
 import tempfile
 import threading
 import time
@@ -53,6 +52,7 @@ import pandas as pd
 from lakeserve.features import demo_repo
 from lakeserve.jobs.demo_data import request_bodies
 from lakeserve.pipelines.embedded.kafka import KafkaBroker, ensure_topics
+from lakeserve.pipelines.embedded.ports import free_ports
 from lakeserve.pipelines.kafka_settings import KafkaSettings
 from lakeserve.pipelines.supervisor import WorkerLink
 from lakeserve.settings import Settings, load_settings
@@ -63,17 +63,6 @@ TIMEOUT_S = 300.0  # longest wait for a phase's answers
 
 
 # -- settings and topics ---------------------------------------------------------------------------
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def bench_settings(state: Path, flush_interval_ms: int | None) -> Settings:

@@ -17,7 +17,6 @@ import fcntl
 import json
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -26,6 +25,7 @@ from pathlib import Path
 from pyarrow import fs
 
 from lakeserve.errors import ComponentError
+from lakeserve.pipelines.embedded.ports import free_ports
 from lakeserve.pipelines.embedded.prereqs import require_go
 from lakeserve.pipelines.embedded.process import ManagedProcess
 
@@ -72,7 +72,7 @@ class SeaweedS3:
         config = work / "s3.json"
         config.write_text(json.dumps(identities))
         config.chmod(0o600)
-        master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3_grpc = _free_ports(7)
+        master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3_grpc = free_ports(7)
         # Volumes are not preallocated: 256 of 64 MB cost nothing until written, and each bucket
         # takes 7 (32 ran out at the sixth bucket). No pre-stop wait, no telemetry, its unix
         # sockets in the state folder, its log in the process's output file only.
@@ -185,14 +185,3 @@ def _socket(server: str, folder: Path) -> list[str]:
     the path fits a unix socket's 108 bytes."""
     path = folder / f"{server}.sock"
     return [f"-{server}.localSocket={path}"] if len(str(path)) < 100 else []
-
-
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
